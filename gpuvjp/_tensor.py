@@ -1,0 +1,291 @@
+"""Tensor: a NumPy (cpu) or CuPy (cuda) array, its dtype and device, and its place in the graph."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _device, _dtype
+
+__all__ = ["Tensor"]
+
+
+class Tensor:
+    """Same as `torch.Tensor` for the ops gpuvjp supports. Tensors are values: no op writes
+    into an existing tensor, so views share memory safely."""
+
+    __slots__ = ("_data", "_dev", "_dtype", "_node", "_requires_grad", "grad", "__weakref__")
+    __array_priority__ = 1000           # NumPy defers `ndarray op Tensor` to the Tensor
+
+    def __init__(self, data=()):
+        from ._creation import tensor
+        t = tensor(data, dtype=_dtype.get_default_dtype() if not isinstance(data, Tensor)
+                   else None)
+        self._data, self._dev, self._dtype = t._data, t._dev, t._dtype
+        self._node, self._requires_grad, self.grad = None, False, None
+
+    @classmethod
+    def _make(cls, data, dev, dtype, node):
+        t = object.__new__(cls)
+        t._data = data
+        t._dev = dev
+        t._dtype = dtype
+        t._node = node
+        t._requires_grad = node is not None
+        t.grad = None
+        return t
+
+    def _array(self):
+        """The backing array: every read of a tensor's data goes through here."""
+        return self._data
+
+    # ----- metadata --------------------------------------------------------------------------
+    @property
+    def shape(self):
+        return self._data.shape
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def device(self):
+        return self._dev
+
+    @property
+    def is_cuda(self):
+        return self._dev.type == "cuda"
+
+    @property
+    def ndim(self):
+        return self._data.ndim
+
+    @property
+    def grad_fn(self):
+        return self._node
+
+    @property
+    def is_leaf(self):
+        return self._node is None
+
+    @property
+    def requires_grad(self):
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        self.requires_grad_(value)
+
+    def requires_grad_(self, requires_grad=True):
+        """Same as `torch.Tensor.requires_grad_`."""
+        requires_grad = bool(requires_grad)
+        if self._node is not None:
+            if not requires_grad:
+                raise RuntimeError(
+                    "you can only change requires_grad flags of leaf variables. If you want to "
+                    "use a computed variable in a subgraph that doesn't require differentiation "
+                    "use var_no_grad = var.detach().")
+            return self
+        if requires_grad and not self._dtype.is_floating_point:
+            raise RuntimeError("only Tensors of floating point and complex dtype can require "
+                               "gradients")
+        self._requires_grad = requires_grad
+        return self
+
+    @property
+    def data(self):
+        return self.detach()
+
+    def size(self, dim=None):
+        """Same as `torch.Tensor.size`."""
+        if dim is None:
+            return self.shape
+        from .ops._util import norm_dim
+        return self.shape[norm_dim(dim, self.ndim)]
+
+    def dim(self):
+        return self.ndim
+
+    def numel(self):
+        return int(self._data.size)
+
+    nelement = numel
+
+    def element_size(self):
+        return self._dtype.itemsize
+
+    def is_floating_point(self):
+        return self._dtype.is_floating_point
+
+    def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    __hash__ = object.__hash__
+
+    # ----- conversion --------------------------------------------------------------------------
+    def _host(self):
+        a = self._array()
+        return a if self._dev.type == "cpu" else a.get()
+
+    def numpy(self, *, force=False):
+        """Same as `torch.Tensor.numpy`, but a cuda tensor is copied to the host."""
+        return self._host()
+
+    def __array__(self, dtype=None, copy=None):
+        if self._dev.type != "cpu":
+            raise TypeError(f"can't convert {self._dev} device type tensor to numpy. Use "
+                            "Tensor.cpu() to copy the tensor to host memory first.")
+        a = self._array()
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def item(self):
+        """Same as `torch.Tensor.item`."""
+        n = self.numel()
+        if n != 1:
+            raise RuntimeError(f"a Tensor with {n} elements cannot be converted to Scalar")
+        return self._host().reshape(()).item()
+
+    def tolist(self):
+        return self._host().tolist()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self._dtype.is_floating_point or self.numel() != 1:
+            raise TypeError("only integer tensors of a single element can be converted to an "
+                            "index")
+        return int(self.item())
+
+    def __bool__(self):
+        n = self.numel()
+        if n != 1:
+            raise RuntimeError(f"Boolean value of Tensor with {'no' if n == 0 else 'more than one'}"
+                               " values is ambiguous")
+        return bool(self.item())
+
+    def __dlpack__(self, *args, **kwargs):
+        return self._array().__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self._array().__dlpack_device__()
+
+    def to(self, *args, dtype=None, device=None, copy=False, non_blocking=False):
+        """Same as `torch.Tensor.to(device)`, `.to(dtype)`, `.to(device, dtype)`, `.to(other)`."""
+        from .ops.shape import to_device, to_dtype
+        for a in args:
+            if isinstance(a, _dtype.dtype):
+                dtype = a
+            elif isinstance(a, Tensor):
+                dtype, device = a.dtype, a.device
+            elif isinstance(a, (str, _device.device, int)):
+                device = a
+            else:
+                raise TypeError(f"to() received an invalid combination of arguments: "
+                                f"{type(a).__name__}")
+        out = self
+        if device is not None:
+            out = to_device(out, device)
+        if dtype is not None:
+            out = to_dtype(out, dtype)
+        if copy and out is self:
+            out = self.clone()
+        return out
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self, device=None):
+        return self.to("cuda" if device is None else _device.device("cuda", device)
+                       if isinstance(device, int) else device)
+
+    def float(self):
+        return self.to(_dtype.float32)
+
+    def double(self):
+        return self.to(_dtype.float64)
+
+    def half(self):
+        return self.to(_dtype.float16)
+
+    def long(self):
+        return self.to(_dtype.int64)
+
+    def int(self):
+        return self.to(_dtype.int32)
+
+    def bool(self):
+        return self.to(_dtype.bool_)
+
+    def type_as(self, other):
+        return self.to(other.dtype)
+
+    # ----- graph -----------------------------------------------------------------------------
+    def detach(self):
+        """Same as `torch.Tensor.detach`: shares data, no history."""
+        return Tensor._make(self._array(), self._dev, self._dtype, None)
+
+    def detach_(self):
+        if self._node is not None:
+            self._node = None
+        self._requires_grad = False
+        return self
+
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+        """Same as `torch.Tensor.backward`."""
+        from .autograd import backward
+        backward(self, gradient, retain_graph=retain_graph, create_graph=create_graph,
+                 inputs=inputs)
+
+    # ----- printing ----------------------------------------------------------------------------
+    def __repr__(self):
+        body = np.array2string(self._host(), separator=", ", prefix="tensor(")
+        extra = ""
+        if self._dev.type != "cpu":
+            extra += f", device='{self._dev}'"
+        if self._dtype not in (_dtype.float32, _dtype.int64, _dtype.bool_) or self.numel() == 0:
+            extra += f", dtype={self._dtype}"
+        if self._node is not None:
+            extra += f", grad_fn=<{self._node.name()}>"
+        elif self._requires_grad:
+            extra += ", requires_grad=True"
+        return f"tensor({body}{extra})"
+
+    # ----- indexing ------------------------------------------------------------------------------
+    def __getitem__(self, key):
+        from .ops.shape import getitem
+        return getitem(self, key)
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
+    def __setitem__(self, key, value):
+        raise RuntimeError("gpuvjp tensors are values: in-place assignment is not supported; "
+                           "build a new tensor with gpuvjp.where or indexing instead")
+
+
+def _binary(fn_name, reflected=False):
+    def method(self, other):
+        from . import ops
+        fn = getattr(ops, fn_name)
+        if not isinstance(other, (Tensor, bool, int, float, np.generic)):
+            return NotImplemented
+        return fn(other, self) if reflected else fn(self, other)
+    method.__name__ = fn_name
+    return method
+
+
+for _name, _fn in (("add", "add"), ("sub", "sub"), ("mul", "mul"), ("truediv", "div"),
+                   ("pow", "pow"), ("matmul", "matmul"), ("eq", "eq"), ("ne", "ne"),
+                   ("lt", "lt"), ("le", "le"), ("gt", "gt"), ("ge", "ge"),
+                   ("and", "logical_and"), ("or", "logical_or"), ("xor", "logical_xor")):
+    setattr(Tensor, f"__{_name}__", _binary(_fn))
+    if _name in ("add", "sub", "mul", "truediv", "pow", "matmul", "and", "or", "xor"):
+        setattr(Tensor, f"__r{_name}__", _binary(_fn, reflected=True))
+Tensor.__hash__ = object.__hash__

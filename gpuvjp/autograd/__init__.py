@@ -1,0 +1,150 @@
+"""Reverse-mode autograd: Tensor.backward, autograd.grad, and the functional family."""
+
+from __future__ import annotations
+
+from ._mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+
+__all__ = ["backward", "grad", "functional", "no_grad", "enable_grad", "set_grad_enabled",
+           "is_grad_enabled"]
+
+
+def _tensors(x, what):
+    from .._tensor import Tensor
+    if isinstance(x, Tensor):
+        return (x,)
+    if isinstance(x, (tuple, list)):
+        for i, t in enumerate(x):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{what} must be a Tensor or a sequence of Tensors, but the "
+                                f"value at index {i} has type {type(t).__name__}")
+        return tuple(x)
+    raise TypeError(f"{what} must be a Tensor or a sequence of Tensors, got "
+                    f"{type(x).__name__}")
+
+
+def _seed_grads(outputs, grad_outputs, create_graph):
+    """PyTorch's _make_grads: implicit ones for one-element outputs, shape and device checks,
+    and a cast to each output's dtype."""
+    from .._creation import ones
+    from .._tensor import Tensor
+    from ..ops.shape import to_dtype
+
+    if grad_outputs is None:
+        grad_outputs = (None,) * len(outputs)
+    elif isinstance(grad_outputs, Tensor):
+        grad_outputs = (grad_outputs,)
+    else:
+        grad_outputs = tuple(grad_outputs)
+    if len(grad_outputs) != len(outputs):
+        raise RuntimeError(f"grad can be implicitly created only for scalar outputs"
+                           if not grad_outputs else
+                           f"Mismatch in number of grad_outputs: got {len(grad_outputs)} "
+                           f"for {len(outputs)} outputs")
+    grads = []
+    for i, (out, g) in enumerate(zip(outputs, grad_outputs)):
+        if g is None:
+            if out.numel() != 1:
+                raise RuntimeError("grad can be implicitly created only for scalar outputs")
+            g = ones(out.shape, dtype=out.dtype, device=out.device)
+        elif not isinstance(g, Tensor):
+            raise TypeError(f"grad_outputs[{i}] must be a Tensor or None, got "
+                            f"{type(g).__name__}")
+        else:
+            if g.shape != out.shape:
+                raise RuntimeError(
+                    f"Mismatch in shape: grad_output[{i}] has a shape of {_size(g.shape)} and "
+                    f"output[{i}] has a shape of {_size(out.shape)}.")
+            if g.device != out.device:
+                raise RuntimeError(
+                    f"invalid gradient at index {i} - expected device {out.device} but got "
+                    f"{g.device}")
+            if not g.dtype.is_floating_point and out.dtype.is_floating_point:
+                raise TypeError(
+                    f"grad_outputs[{i}] has dtype {g.dtype} but output {i} is {out.dtype}: "
+                    "a gradient must be floating point")
+            if g.dtype is not out.dtype:
+                g = to_dtype(g, out.dtype)
+            if not create_graph:
+                g = g.detach()
+        grads.append(g)
+    return grads
+
+
+def _size(shape):
+    return f"torch.Size({list(shape)})"
+
+
+def _key(t):
+    return t._node if t._node is not None else t
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
+         only_inputs=True, allow_unused=None, is_grads_batched=False, materialize_grads=False):
+    """Same as `torch.autograd.grad`."""
+    from .._creation import zeros_like
+    from ._graph import run_backward
+
+    outputs = _tensors(outputs, "outputs")
+    inputs = _tensors(inputs, "inputs")
+    if is_grads_batched:
+        raise NotImplementedError("is_grads_batched=True is not supported yet")
+    if allow_unused is None:
+        allow_unused = materialize_grads
+    if materialize_grads and allow_unused is False:
+        raise ValueError("Expected allow_unused to be True or not passed when "
+                         "materialize_grads=True, but got: allow_unused=False.")
+    for i, out in enumerate(outputs):
+        if not out.requires_grad:
+            raise RuntimeError(f"element {i} of tensors does not require grad and does not "
+                               "have a grad_fn")
+    for t in inputs:
+        if not t.requires_grad:
+            raise RuntimeError("One of the differentiated Tensors does not require grad")
+    grads = _seed_grads(outputs, grad_outputs, create_graph)
+    if retain_graph is None:
+        retain_graph = create_graph
+    targets = {id(_key(t)) for t in inputs}
+    found = run_backward([_key(o) for o in outputs], grads, targets, retain_graph, create_graph)
+    result = []
+    for t in inputs:
+        g = found.get(id(_key(t)))
+        if g is None:
+            if materialize_grads:
+                g = zeros_like(t)
+            elif not allow_unused:
+                raise RuntimeError(
+                    "One of the differentiated Tensors appears to not have been used in the "
+                    "graph. Set allow_unused=True if this is the desired behavior.")
+        elif not create_graph:
+            g = g.detach()
+        result.append(g)
+    return tuple(result)
+
+
+def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None):
+    """Same as `torch.autograd.backward`: accumulates into the leaves' `.grad`."""
+    from ._graph import run_backward
+
+    tensors = _tensors(tensors, "tensors")
+    for i, out in enumerate(tensors):
+        if not out.requires_grad:
+            raise RuntimeError(f"element {i} of tensors does not require grad and does not "
+                               "have a grad_fn")
+    grads = _seed_grads(tensors, grad_tensors, create_graph)
+    if retain_graph is None:
+        retain_graph = create_graph
+    targets = None
+    if inputs is not None:
+        inputs = _tensors(inputs, "inputs")
+        if not inputs:
+            raise RuntimeError("'inputs' argument to backward() cannot be empty.")
+        targets = {id(_key(t)) for t in inputs}
+    found = run_backward([_key(o) for o in tensors], grads, targets, retain_graph,
+                         create_graph, leaves=True)
+    for leaf, g in found.values():
+        if not create_graph:
+            g = g.detach()
+        leaf.grad = g if leaf.grad is None else leaf.grad + g
+
+
+from . import functional  # noqa: E402

@@ -1,0 +1,146 @@
+"""The autograd graph: nodes, the backward sweep in reverse topological order, sum-to-shape."""
+
+from __future__ import annotations
+
+from . import _mode
+
+__all__ = ["Node", "run_backward"]
+
+
+class Node:
+    """One op application: the rule to run, the tensors it saved, and the edges to its inputs.
+
+    `inputs` holds the op's inputs exactly as they were given (tensors with their own history,
+    so rules recorded under create_graph=True differentiate through them). `edges[i]` is where
+    input i's gradient goes: its producer Node, the leaf Tensor that asked for a gradient, or
+    None. The output array is kept only when the op's rule reads `ans`. Saved values are
+    released after the sweep that used them unless the graph is retained.
+    """
+
+    __slots__ = ("op", "inputs", "params", "edges", "ans", "out_meta", "released", "__weakref__")
+
+    def __init__(self, op, inputs, params, edges, ans, out_meta):
+        self.op = op
+        self.inputs = inputs
+        self.params = params
+        self.edges = edges
+        self.ans = ans
+        self.out_meta = out_meta      # (shape, dtype, device) of the output
+        self.released = False
+
+    def name(self):
+        return f"{self.op.name.capitalize()}Backward"
+
+    def __repr__(self):
+        return f"<{self.name()}>"
+
+    def release(self):
+        self.inputs = None
+        self.ans = None
+        self.released = True
+
+
+def _toposort(roots, targets):
+    """Nodes reachable from `roots` that lie on a path to a wanted gradient, in reverse
+    topological order (each node before every node it feeds), and each node's consumer count.
+
+    `targets` is None for Tensor.backward (every leaf that requires grad is wanted) or a set
+    of ids of the leaves and nodes whose gradients autograd.grad asked for.
+    """
+    # Iterative post-order DFS; `needed` marks nodes with a path to a wanted gradient.
+    order, needed, seen = [], {}, set()
+    stack = [(r, False) for r in roots]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            want = targets is None or id(node) in targets
+            for e in node.edges:
+                if e is None:
+                    continue
+                if type(e) is Node:
+                    want = want or needed[id(e)]
+                elif targets is None or id(e) in targets:
+                    want = True
+            needed[id(node)] = want
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        for e in node.edges:
+            if type(e) is Node and id(e) not in seen:
+                stack.append((e, False))
+    order.reverse()                       # post-order reversed: consumers before producers
+    keep = [n for n in order if needed[id(n)]]
+    return keep, needed
+
+
+def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=False,
+                 leaves=False):
+    """Sweep gradients from `roots` (nodes or leaf tensors) seeded with `grads`.
+
+    Returns a dict id(leaf or node) -> gradient Tensor for every leaf reached (targets None)
+    or for every id in `targets`; with `leaves`, the values are (leaf or node, gradient). Fan-out gradients are summed; each rule's result is summed
+    back to its input's shape and dtype.
+    """
+    from ..ops import shape as _shape
+
+    found = {}                                    # id -> [leaf or node, gradient]
+    pending = {}                                  # id(node) -> [node, accumulated gradient]
+    root_nodes = []
+    for r, g in zip(roots, grads):
+        if type(r) is Node:
+            _accumulate(pending, r, g)
+            root_nodes.append(r)
+        elif targets is None or id(r) in targets:  # a leaf tensor is its own root
+            _accumulate(found, r, g)
+    order, needed = _toposort(root_nodes, targets)
+
+    with _mode.set_grad_enabled(create_graph):
+        for node in order:
+            entry = pending.pop(id(node), None)
+            if entry is None:
+                continue
+            g = entry[1]
+            if targets is not None and id(node) in targets:
+                _accumulate(found, node, g)
+            if node.released:
+                raise RuntimeError(
+                    "Trying to backward through the graph a second time (or directly access "
+                    "saved tensors after they have already been freed). Saved intermediate "
+                    "values of the graph are freed when you call .backward() or "
+                    "autograd.grad(). Specify retain_graph=True if you need to backward "
+                    "through the graph a second time or if you need to access saved tensors "
+                    "after calling backward.")
+            ans = node.op.unpack_ans(node)
+            for i, e in enumerate(node.edges):
+                if e is None:
+                    continue
+                if type(e) is Node:
+                    if not needed.get(id(e), False):
+                        continue
+                elif targets is not None and id(e) not in targets:
+                    continue
+                rule = node.op.vjps[i]
+                if rule is None:
+                    continue
+                x = node.inputs[i]
+                gi = rule(g, ans, *node.inputs, **node.params)
+                if gi is None:
+                    continue
+                gi = _shape.sum_to(gi, x.shape, x.dtype)
+                _accumulate(pending if type(e) is Node else found, e, gi)
+            if not retain_graph:
+                node.release()
+    if leaves:
+        return found
+    return {k: v[1] for k, v in found.items()}
+
+
+def _accumulate(store, obj, g):
+    entry = store.get(id(obj))
+    if entry is None:
+        store[id(obj)] = [obj, g]
+    else:
+        entry[1] = entry[1] + g

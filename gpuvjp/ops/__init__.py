@@ -1,0 +1,73 @@
+"""Every op, by public name, and the Tensor methods bound to them."""
+
+from __future__ import annotations
+
+from .._tensor import Tensor
+from . import binary, linalg, reduce, shape, unary
+from ._registry import KEEP, REGISTRY, defop, defvjp
+from .binary import (add, clamp, clip, div, eq, ge, gt, le, logical_and, logical_not,
+                     logical_or, logical_xor, lt, maximum, minimum, mul, ne, pow, sub, where)
+from .linalg import bmm, dot, matmul, mm, mv, outer
+from .reduce import mean, sum_
+from .shape import (broadcast_tensors, broadcast_to, contiguous, expand, flatten, permute,
+                    reshape, squeeze, t, transpose, unsqueeze, view)
+from .unary import abs_, cos, exp, log, neg, relu, sigmoid, sign, sin, sqrt, tanh
+
+# ----- clone: a differentiable copy ------------------------------------------------------------
+clone_ = defop("clone", lambda xp, x: x.copy(), promote=KEEP, saves_ans=False)
+defvjp(clone_, lambda g, ans, x: g)
+
+
+def clone(input, *, memory_format=None):
+    """Same as `torch.clone`."""
+    return clone_(input)
+
+
+true_divide = divide = div
+multiply = mul
+subtract = sub
+negative = neg
+absolute = abs_
+sum = sum_       # noqa: A001  (the public name is PyTorch's)
+abs = abs_       # noqa: A001
+greater, greater_equal, less, less_equal, not_equal = gt, ge, lt, le, ne
+
+# Public functions that are also Tensor methods, under the same name.
+METHODS = dict(
+    add=add, sub=sub, mul=mul, div=div, pow=pow, neg=neg, exp=exp, log=log, sqrt=sqrt,
+    sin=sin, cos=cos, tanh=tanh, sigmoid=sigmoid, relu=relu, abs=abs_, sign=sign, clamp=clamp,
+    clip=clip, maximum=maximum, minimum=minimum, sum=sum_, mean=mean, matmul=matmul, mm=mm,
+    bmm=bmm, mv=mv, dot=dot, outer=outer, reshape=reshape, view=view, flatten=flatten,
+    permute=permute, transpose=transpose, t=t, unsqueeze=unsqueeze, squeeze=squeeze,
+    expand=expand, broadcast_to=broadcast_to, contiguous=contiguous, clone=clone, eq=eq, ne=ne,
+    lt=lt, le=le, gt=gt, ge=ge, logical_and=logical_and, logical_or=logical_or,
+    logical_xor=logical_xor, logical_not=logical_not, true_divide=div, multiply=mul,
+    subtract=sub, negative=neg, absolute=abs_, divide=div,
+)
+
+
+def _bind(name, fn):
+    def method(self, *args, **kwargs):
+        return fn(self, *args, **kwargs)
+    method.__name__ = name
+    method.__doc__ = f"Same as `torch.Tensor.{name}`."
+    return method
+
+
+for _name, _fn in METHODS.items():
+    setattr(Tensor, _name, _bind(_name, _fn))
+
+Tensor.__neg__ = lambda self: neg(self)
+Tensor.__pos__ = lambda self: self
+Tensor.__abs__ = lambda self: abs_(self)
+Tensor.__invert__ = lambda self: logical_not(self)
+Tensor.where = lambda self, condition, other: where(condition, self, other)
+Tensor.view_as = lambda self, other: view(self, other.shape)
+Tensor.reshape_as = lambda self, other: reshape(self, other.shape)
+Tensor.expand_as = lambda self, other: expand(self, *other.shape)
+Tensor.T = property(lambda self: permute(self, *reversed(range(self.ndim))))
+Tensor.mT = property(lambda self: transpose(self, -2, -1))
+Tensor.square = lambda self: self * self
+
+__all__ = sorted(set(METHODS) | {"where", "REGISTRY", "broadcast_tensors", "true_divide"})
+_ = (binary, linalg, reduce, unary)

@@ -1,0 +1,82 @@
+"""The only module that touches CuPy kernels: reads kernels/*.cuh, builds and memoizes them."""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import pathlib
+
+__all__ = ["source", "elementwise_caller", "reduction", "KernelSourceError", "kernel_dir"]
+
+
+class KernelSourceError(RuntimeError):
+    """A kernel file that does not compile; the message names the file."""
+
+
+def kernel_dir() -> pathlib.Path:
+    """kernels/ of a source checkout, or the copy shipped inside the installed wheel."""
+    here = pathlib.Path(__file__).resolve().parents[2] / "kernels"
+    if (here / "common.cuh").is_file():
+        return here
+    return pathlib.Path(str(importlib.resources.files("gpuvjp") / "kernels"))
+
+
+def _read(name: str) -> str:
+    return (kernel_dir() / name).read_text()
+
+
+@functools.cache
+def source(family: str) -> str:
+    """Text of kernels/common.cuh + kernels/<family>.cuh, read once."""
+    return _read("common.cuh") + "\n" + _read(f"{family}.cuh")
+
+
+def _names(params: str) -> list[str]:
+    return [p.split()[-1] for p in params.split(",")]
+
+
+def call_expr(fn: str, in_params: str, ctype: str) -> str:
+    """`gv::fn<C>((C)a, (C)b)`: the math runs in C (float for float16 inputs)."""
+    args = ", ".join(f"({ctype}){n}" for n in _names(in_params))
+    return f"gv::{fn}<{ctype}>({args})"
+
+
+@functools.cache
+def elementwise(family, fn, in_params, out_params, half):
+    """The ElementwiseKernel `gv_<fn>`, built on first GPU use (float16 computes in float)."""
+    import cupy
+
+    out = _names(out_params)[0]
+    ctype = "float" if half else "T"
+    body = f"{out} = (T){call_expr(fn, in_params, ctype)};"
+    return cupy.ElementwiseKernel(in_params, out_params, body, f"gv_{fn}",
+                                  preamble=source(family))
+
+
+def elementwise_caller(family, fn, in_params, out_params):
+    def call(xp, *arrays):
+        ref = next(a for a in arrays if hasattr(a, "dtype"))
+        half = ref.dtype == "float16"
+        if len(arrays) > 1:    # python scalars take the arrays' type, as NumPy's weak scalars
+            arrays = [a if hasattr(a, "dtype") else ref.dtype.type(a) for a in arrays]
+        kernel = elementwise(family, fn, in_params, out_params, half)
+        try:
+            return kernel(*arrays)
+        except Exception as exc:
+            if type(exc).__name__ in ("CompileException", "NVRTCError"):
+                raise KernelSourceError(
+                    f"kernel gv_{fn} in kernels/{family}.cuh failed to compile: "
+                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            raise
+    call.__name__ = f"gv_{fn}"
+    return call
+
+
+@functools.cache
+def reduction(family, fn, in_params, out_params, map_expr, reduce_expr, post_map_expr,
+              identity, half):
+    """A ReductionKernel `gv_<fn>` whose map expression calls gv:: functions."""
+    import cupy
+
+    return cupy.ReductionKernel(in_params, out_params, map_expr, reduce_expr, post_map_expr,
+                                identity, f"gv_{fn}", preamble=source(family))

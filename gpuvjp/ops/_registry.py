@@ -1,0 +1,174 @@
+"""defop / defvjp / fused: the one way an op is declared, and `apply`, the one way it runs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _device, _dtype
+from ..autograd import _mode
+from ..autograd._graph import Node
+
+__all__ = ["Op", "defop", "defvjp", "fused", "REGISTRY"]
+
+REGISTRY: dict[str, "Op"] = {}
+
+# How an op chooses its computation dtype from its inputs.
+SAME = "same"          # inputs promoted together (PyTorch's result_type), output the same
+FLOAT = "float"        # like SAME, then integers and bool go to the default float dtype
+KEEP = "keep"          # inputs used as they are (shape ops, casts, indexing)
+
+
+class Op:
+    """A differentiable primitive: forward on arrays, one vjp rule per positional input."""
+
+    __slots__ = ("name", "impl", "gpu", "vjps", "saves_ans", "promote", "twin", "family",
+                 "kernel", "differentiable", "out_dtype", "moves_device")
+
+    def __init__(self, name, impl, *, promote=SAME, saves_ans=True, differentiable=True,
+                 out_dtype=None):
+        self.name = name
+        self.impl = impl                      # impl(xp, *arrays, **params) -> array
+        self.gpu = None                       # optional GPU override with the same signature
+        self.vjps = None
+        self.saves_ans = saves_ans
+        self.promote = promote
+        self.twin = None
+        self.family = None
+        self.kernel = None
+        self.differentiable = differentiable
+        self.out_dtype = out_dtype            # e.g. bool for comparisons; None: from the array
+        self.moves_device = False             # to_device: the output lives on params["device"]
+
+    def __repr__(self):
+        return f"<op {self.name}>"
+
+    def __call__(self, *args, **params):
+        return apply(self, args, params)
+
+    def unpack_ans(self, node):
+        """The op's output as a tensor whose history is this node (for rules reading `ans`)."""
+        if node.ans is None:
+            return None
+        from .._tensor import Tensor
+        shape, dt, dev = node.out_meta
+        return Tensor._make(node.ans, dev, dt, node)
+
+
+def _ufunc_impl(ufunc):
+    name = ufunc.__name__
+
+    def impl(xp, *arrays):
+        return getattr(xp, name)(*arrays)
+    impl.__name__ = name
+    return impl
+
+
+def defop(name, impl, **kw):
+    """Declare an op. `impl` is `impl(xp, *arrays, **params)`, or a NumPy ufunc that CuPy
+    also has under the same name."""
+    if isinstance(impl, np.ufunc):
+        impl = _ufunc_impl(impl)
+    op = Op(name, impl, **kw)
+    REGISTRY[name] = op
+    return op
+
+
+def defvjp(op, *rules):
+    """One rule per positional input: rule(g, ans, *inputs, **params) -> cotangent or None."""
+    op.vjps = tuple(rules)
+    return op
+
+
+def fused(name, family, in_params, out_params, twin, **kw):
+    """An elementwise op backed by `gv::<name>` in kernels/<family>.cuh on the GPU and by
+    `twin` (NumPy) on the CPU. It is an op like any other and gets its own defvjp."""
+    from . import _kernels
+
+    def impl(xp, *arrays):
+        return twin(*arrays)
+
+    op = defop(name, impl, **kw)
+    op.twin = twin
+    op.family = family
+    op.kernel = (in_params, out_params)
+    op.gpu = _kernels.elementwise_caller(family, name, in_params, out_params)
+    return op
+
+
+# ----- apply: the hot path every op call goes through ---------------------------------
+def apply(op, args, params):
+    from .._tensor import Tensor
+
+    tensors = []
+    dev = None
+    for a in args:
+        if isinstance(a, Tensor):
+            tensors.append(a)
+            if dev is None:
+                dev = a._dev
+            elif a._dev != dev:
+                dev = _reconcile(op, dev, a)
+    if dev is None:
+        raise TypeError(f"{op.name}() expects at least one Tensor argument")
+
+    if op.promote is not KEEP:
+        args = _promote(op, args, tensors, dev)
+    arrays = [a._array() if isinstance(a, Tensor) else a for a in args]
+    if dev.type == "cpu":
+        out = op.impl(np, *arrays, **params)
+        if type(out) is not np.ndarray:
+            out = np.asarray(out)
+    else:
+        with _device.use(dev):
+            out = (op.gpu or op.impl)(_device.cupy_module(), *arrays, **params)
+    dt = op.out_dtype or _dtype.from_numpy_dtype(out.dtype)
+    if op.moves_device:
+        dev = params["device"]
+
+    node = None
+    if op.differentiable and _mode.is_grad_enabled():
+        edges = None
+        for i, a in enumerate(args):
+            if isinstance(a, Tensor) and a.requires_grad:
+                if edges is None:
+                    edges = [None] * len(args)
+                edges[i] = a._node if a._node is not None else a
+        if edges is not None:
+            if op.vjps is None:
+                raise RuntimeError(f"the derivative for '{op.name}' is not implemented")
+            node = Node(op, tuple(args), params, tuple(edges),
+                        out if op.saves_ans else None, (out.shape, dt, dev))
+    return Tensor._make(out, dev, dt, node)
+
+
+def _reconcile(op, dev, t):
+    """PyTorch lets a 0-d CPU tensor join a CUDA op; any other device mix is an error."""
+    if t._dev.type == "cpu" and t.ndim == 0:
+        return dev
+    if dev.type == "cpu" and t._dev.type == "cuda":
+        return t._dev                         # the 0-d CPU one came first; checked again below
+    raise RuntimeError(
+        "Expected all tensors to be on the same device, but found at least two devices, "
+        f"{dev} and {t._dev}! (in op '{op.name}')")
+
+
+def _promote(op, args, tensors, dev):
+    """Cast tensor arguments to the op's computation dtype (recorded, so differentiable) and
+    move 0-d CPU tensors onto the op's device. Python scalars stay as they are: NumPy and CuPy
+    treat them as weak, so they never widen the result (PyTorch's rule)."""
+    from . import shape as _shape
+
+    dt = _dtype.result_type(*args)
+    if op.promote is FLOAT and not dt.is_floating_point:
+        dt = _dtype.get_default_dtype()
+    if all(t._dtype is dt and t._dev == dev for t in tensors):
+        return args
+    out = []
+    for a in args:
+        if any(a is t for t in tensors):
+            if a._dtype is not dt:
+                a = _shape.to_dtype(a, dt)
+            if a._dev != dev:
+                a = _shape.to_device(a, dev)
+        out.append(a)
+    return out

@@ -1,0 +1,162 @@
+"""Elementwise binary ops (broadcasting as PyTorch; gradients summed back by the graph)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._registry import FLOAT, KEEP, defop, defvjp, fused
+
+# ----- add, sub, mul ---------------------------------------------------------------------------
+add_ = defop("add", np.add, saves_ans=False)
+defvjp(add_, lambda g, ans, x, y: g, lambda g, ans, x, y: g)
+
+sub_ = defop("sub", np.subtract, saves_ans=False)
+defvjp(sub_, lambda g, ans, x, y: g, lambda g, ans, x, y: -g)
+
+mul = defop("mul", np.multiply, saves_ans=False)
+defvjp(mul, lambda g, ans, x, y: g * y, lambda g, ans, x, y: g * x)
+
+
+def add(input, other, *, alpha=1):
+    """Same as `torch.add`."""
+    return add_(input, other if alpha == 1 else other * alpha)
+
+
+def sub(input, other, *, alpha=1):
+    """Same as `torch.sub`."""
+    return sub_(input, other if alpha == 1 else other * alpha)
+
+
+# ----- div -------------------------------------------------------------------------------------
+# z = x / y, dz/dx = 1 / y, dz/dy = -z / y (reuses z: one fused launch, no x read)
+div = defop("div", np.true_divide, promote=FLOAT)
+div_bwd_y = fused("div_bwd_y", "binary", "T g, T ans, T y", "T gy",
+                  twin=lambda g, ans, y: -g * ans / y)
+defvjp(div, lambda g, ans, x, y: g / y, lambda g, ans, x, y: div_bwd_y(g, ans, y))
+defvjp(div_bwd_y, lambda gg, _, g, ans, y: div_bwd_y(gg, ans, y),
+                  lambda gg, _, g, ans, y: div_bwd_y(gg, g, y),
+                  lambda gg, _, g, ans, y: gg * g * ans / (y * y))
+
+# ----- pow -------------------------------------------------------------------------------------
+# z = x^y, dz/dx = y x^(y-1) (0 where y == 0), dz/dy = z log(x) (0 where x == 0 and y >= 0)
+pow_ = defop("pow", np.power)
+pow_bwd_x = fused("pow_bwd_x", "binary", "T g, T x, T y", "T gx",
+                  twin=lambda g, x, y: np.where(y == 0, 0, g * y * np.power(x, y - 1)))
+pow_bwd_y = fused("pow_bwd_y", "binary", "T g, T ans, T x, T y", "T gy",
+                  twin=lambda g, ans, x, y: np.where((x == 0) & (y >= 0), 0, g * ans * np.log(
+                      np.where((x == 0) & (y >= 0), 1, x))))
+defvjp(pow_, lambda g, ans, x, y: pow_bwd_x(g, x, y),
+             lambda g, ans, x, y: pow_bwd_y(g, ans, x, y))
+defvjp(pow_bwd_x, lambda gg, _, g, x, y: pow_bwd_x(gg, x, y),
+                  lambda gg, _, g, x, y: pow_bwd_x(gg * g * y, x, y - 1),
+                  lambda gg, _, g, x, y: gg * g * _pow_dy_of_dx(x, y))
+defvjp(pow_bwd_y, lambda gg, _, g, ans, x, y: pow_bwd_y(gg, ans, x, y),
+                  lambda gg, _, g, ans, x, y: pow_bwd_y(gg, g, x, y),
+                  lambda gg, _, g, ans, x, y: gg * g * ans / x,
+                  None)
+
+
+def _pow_dy_of_dx(x, y):
+    # d/dy [y x^(y-1)] = x^(y-1) (1 + y log x)
+    return pow_(x, y - 1) * (1 + y * log(x))
+
+
+def pow(input, exponent):
+    """Same as `torch.pow`."""
+    return pow_(input, exponent)
+
+
+# ----- maximum, minimum, where -----------------------------------------------------------------
+# Ties split the gradient in half, as PyTorch.
+def _max_rule(g, x, y, sign):
+    tie = eq(x, y)
+    win = gt(x, y) if sign > 0 else lt(x, y)
+    return where(tie, g / 2, where(win, g, zeros_like_(g)))
+
+
+maximum = defop("maximum", np.maximum, saves_ans=False)
+defvjp(maximum, lambda g, ans, x, y: _max_rule(g, x, y, 1),
+                lambda g, ans, x, y: _max_rule(g, y, x, 1))
+
+minimum = defop("minimum", np.minimum, saves_ans=False)
+defvjp(minimum, lambda g, ans, x, y: _max_rule(g, x, y, -1),
+                lambda g, ans, x, y: _max_rule(g, y, x, -1))
+
+where_ = defop("where", lambda xp, c, x, y: xp.where(c, x, y), promote=KEEP, saves_ans=False)
+defvjp(where_, None,
+       lambda g, ans, c, x, y: where_(c, g, zeros_like_(g)),
+       lambda g, ans, c, x, y: where_(c, zeros_like_(g), g))
+
+
+def where(condition, input, other):
+    """Same as `torch.where(condition, input, other)` (scalars allowed for input/other)."""
+    from .._dtype import result_type
+    from .shape import to_dtype
+    if not hasattr(condition, "_dev"):
+        raise TypeError("where(): argument 'condition' must be a Tensor")
+    if condition._dtype.name != "bool":
+        raise RuntimeError(f"where expected condition to be a boolean tensor, but got a "
+                           f"tensor with dtype {condition._dtype.name.capitalize()}")
+    dt = result_type(input, other)
+    ref = input if hasattr(input, "_dev") else other
+    if not hasattr(ref, "_dev"):
+        ref = condition
+    input = _as_tensor(input, dt, ref)
+    other = _as_tensor(other, dt, ref)
+    return where_(condition, to_dtype(input, dt), to_dtype(other, dt))
+
+
+def _as_tensor(v, dt, ref):
+    if hasattr(v, "_dev"):
+        return v
+    from .._creation import full
+    return full((), v, dtype=dt, device=ref.device)
+
+
+zeros_like_ = defop("zeros_like", lambda xp, x: xp.zeros_like(x), promote=KEEP,
+                    differentiable=False)
+
+# ----- clamp -----------------------------------------------------------------------------------
+# y = clamp(x, min, max); the gradient passes where min <= x <= max (inclusive, as PyTorch)
+clamp_ = defop("clamp", lambda xp, x, min, max: xp.clip(x, min, max), saves_ans=False)
+defvjp(clamp_, lambda g, ans, x, min, max: where_(_in_range(x, min, max), g, zeros_like_(g)))
+
+
+def _in_range(x, lo, hi):
+    m = None if lo is None else ge(x, lo)
+    if hi is not None:
+        m = le(x, hi) if m is None else logical_and(m, le(x, hi))
+    return m
+
+
+def clamp(input, min=None, max=None):
+    """Same as `torch.clamp` (scalar or tensor bounds)."""
+    if min is None and max is None:
+        raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+    if hasattr(min, "_dev") or hasattr(max, "_dev"):
+        out = input
+        if min is not None:
+            out = where(lt(out, min), min, out)
+        if max is not None:
+            out = where(gt(out, max), max, out)
+        return out
+    return clamp_(input, min=min, max=max)
+
+
+clip = clamp
+
+# ----- comparisons and logical ops (no gradient, bool results) ---------------------------------
+from .. import _dtype as _dt  # noqa: E402
+
+eq = defop("eq", np.equal, differentiable=False, out_dtype=_dt.bool_)
+ne = defop("ne", np.not_equal, differentiable=False, out_dtype=_dt.bool_)
+lt = defop("lt", np.less, differentiable=False, out_dtype=_dt.bool_)
+le = defop("le", np.less_equal, differentiable=False, out_dtype=_dt.bool_)
+gt = defop("gt", np.greater, differentiable=False, out_dtype=_dt.bool_)
+ge = defop("ge", np.greater_equal, differentiable=False, out_dtype=_dt.bool_)
+logical_and = defop("logical_and", np.logical_and, differentiable=False, out_dtype=_dt.bool_)
+logical_or = defop("logical_or", np.logical_or, differentiable=False, out_dtype=_dt.bool_)
+logical_xor = defop("logical_xor", np.logical_xor, differentiable=False, out_dtype=_dt.bool_)
+logical_not = defop("logical_not", np.logical_not, differentiable=False, out_dtype=_dt.bool_)
+
+from .unary import log  # noqa: E402  (pow's second-order rule)

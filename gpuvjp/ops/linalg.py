@@ -1,0 +1,119 @@
+"""Linear algebra: matmul (1-D, 2-D, batched) through cuBLAS/BLAS, and its named forms."""
+
+from __future__ import annotations
+
+from ._registry import defop, defvjp
+from ._util import broadcast_shapes
+
+
+def _shape_str(s):
+    return "x".join(str(n) for n in s) if s else "scalar"
+
+
+def _check_matmul(x, y):
+    if x.ndim == 0 or y.ndim == 0:
+        raise RuntimeError(
+            f"both arguments to matmul need to be at least 1D, but they are {x.ndim}D and "
+            f"{y.ndim}D")
+    k1 = x.shape[-1]
+    k2 = y.shape[0] if y.ndim == 1 else y.shape[-2]
+    if k1 != k2:
+        if x.ndim == 1 and y.ndim == 1:
+            raise RuntimeError(
+                f"inconsistent tensor size, expected tensor [{k1}] and src [{k2}] to have the "
+                f"same number of elements, but got {k1} and {k2} elements respectively")
+        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied "
+                           f"({_shape_str(x.shape)} and {_shape_str(y.shape)})")
+    if x.ndim > 2 or y.ndim > 2:
+        broadcast_shapes(x.shape[:-2] if x.ndim > 1 else (),
+                         y.shape[:-2] if y.ndim > 1 else ())
+
+
+def _mT(a):
+    from .shape import transpose
+    return transpose(a, -1, -2)
+
+
+# ----- matmul ----------------------------------------------------------------------------------
+# z = x @ y with 1-D operands promoted to matrices: gx = g @ y^T, gy = x^T @ g, each summed
+# back over broadcast batch dims and squeezed back to the operand's own shape.
+matmul_ = defop("matmul", lambda xp, x, y: xp.matmul(x, y), saves_ans=False)
+
+
+def _as_mats(g, x, y):
+    from .shape import reshape, unsqueeze
+    x2 = unsqueeze(x, 0) if x.ndim == 1 else x
+    y2 = unsqueeze(y, -1) if y.ndim == 1 else y
+    gshape = list(g.shape)
+    if x.ndim == 1:
+        gshape.insert(len(gshape) - (0 if y.ndim == 1 else 1), 1)
+    if y.ndim == 1:
+        gshape.append(1)
+    return reshape(g, *gshape), x2, y2
+
+
+def matmul_vjp_x(g, ans, x, y):
+    from .shape import reshape, sum_to
+    g2, x2, y2 = _as_mats(g, x, y)
+    return reshape(sum_to(matmul_(g2, _mT(y2)), x2.shape, x2.dtype), *x.shape)
+
+
+def matmul_vjp_y(g, ans, x, y):
+    from .shape import reshape, sum_to
+    g2, x2, y2 = _as_mats(g, x, y)
+    return reshape(sum_to(matmul_(_mT(x2), g2), y2.shape, y2.dtype), *y.shape)
+
+
+defvjp(matmul_, matmul_vjp_x, matmul_vjp_y)
+
+
+def matmul(input, other):
+    """Same as `torch.matmul`."""
+    for name, a in (("input", input), ("other", other)):
+        if not hasattr(a, "_dev"):
+            raise TypeError(f"matmul(): argument '{name}' must be Tensor, not "
+                            f"{type(a).__name__}")
+    _check_matmul(input, other)
+    return matmul_(input, other)
+
+
+def mm(input, mat2):
+    """Same as `torch.mm` (2-D only)."""
+    if input.ndim != 2 or mat2.ndim != 2:
+        raise RuntimeError(f"mm: expected 2D tensors, got {input.ndim}D and {mat2.ndim}D")
+    return matmul(input, mat2)
+
+
+def bmm(input, mat2):
+    """Same as `torch.bmm` (3-D, equal batch sizes)."""
+    if input.ndim != 3 or mat2.ndim != 3:
+        raise RuntimeError(f"batch1 must be a 3D tensor" if input.ndim != 3
+                           else "batch2 must be a 3D tensor")
+    if input.shape[0] != mat2.shape[0]:
+        raise RuntimeError(f"Expected size for first two dimensions of batch2 tensor to be: "
+                           f"[{input.shape[0]}, {input.shape[2]}] but got: "
+                           f"[{mat2.shape[0]}, {mat2.shape[1]}].")
+    return matmul(input, mat2)
+
+
+def mv(input, vec):
+    """Same as `torch.mv`."""
+    if input.ndim != 2 or vec.ndim != 1:
+        raise RuntimeError(f"vector + matrix @ vector expected, got {input.ndim}, {vec.ndim}")
+    return matmul(input, vec)
+
+
+def dot(input, tensor):
+    """Same as `torch.dot` (1-D only)."""
+    if input.ndim != 1 or tensor.ndim != 1:
+        raise RuntimeError(f"1D tensors expected, but got {input.ndim}D and {tensor.ndim}D "
+                           f"tensors")
+    return matmul(input, tensor)
+
+
+def outer(input, vec2):
+    """Same as `torch.outer`."""
+    from .shape import unsqueeze
+    if input.ndim != 1 or vec2.ndim != 1:
+        raise RuntimeError(f"outer: expected 1D tensors, got {input.ndim}D and {vec2.ndim}D")
+    return unsqueeze(input, 1) * unsqueeze(vec2, 0)
