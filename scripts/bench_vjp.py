@@ -28,7 +28,11 @@ from typing import Callable
 
 import numpy as np
 
-import gpuvjp as gv
+try:
+    import gpuvjp as gv
+except ImportError:     # run from a source tree without PYTHONPATH: use that tree
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import gpuvjp as gv
 
 try:
     import torch

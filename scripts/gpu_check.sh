@@ -97,9 +97,9 @@ echo "=== summary"
 echo "pytest -m gpu: exit $pytest_rc ($(grep -E 'passed|failed|error|no tests ran' \
     "$OUTDIR/pytest_gpu.log" | tail -n 1))"
 printf '%s\n' "${bench_results[@]}"
+show_table() { [ -e "$1" ] && echo && cat "$1"; }
+show_table "$OUTDIR/bench_vjp.md"
 for table in "$OUTDIR"/bench_*.md; do
-    [ -e "$table" ] || continue
-    echo
-    cat "$table"
+    [ "$table" = "$OUTDIR/bench_vjp.md" ] || show_table "$table"
 done
 exit "$pytest_rc"

@@ -1,0 +1,33 @@
+"""Shared fixtures: `device` runs a test on cpu and, marked gpu, on cuda (skipped with the
+reason when CuPy sees no GPU)."""
+
+import numpy as np
+import pytest
+
+import gpuvjp as gv
+
+try:
+    import torch
+    torch.set_num_threads(1)
+except ImportError:  # the oracle tests skip themselves
+    torch = None
+
+HAS_GPU = gv.cuda.is_available()
+NO_GPU_REASON = "CuPy sees no CUDA GPU on this machine"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason=NO_GPU_REASON)
+    for item in items:
+        if "gpu" in item.keywords and not HAS_GPU:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request):
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
