@@ -4,7 +4,9 @@ For each workload and device the same NumPy data feeds `gpuvjp.vjp`,
 `torch.autograd.functional.vjp` and, on a GPU when JAX has one, `jax.vjp` under `jax.jit`.
 Before timing, each library's outputs and vjp are checked against torch's (against a float64
 NumPy reference where torch is absent), rtol 1e-4. Times are medians of single calls after
-warm-up, with the device synchronized before and after each call. `floor` is the fewest
+warm-up, with the device synchronized before and after each call; the libraries take turns
+call by call, and inputs under 64 MiB rotate among 4 copies so caches stay honest. The
+repeat count is sized to ~0.5 s per workload (5 to 200 calls). `floor` is the fewest
 bytes the call must move (each input read once, each output written once) over a copy
 bandwidth measured in the same run (bytes read plus bytes written).
 

@@ -7,6 +7,11 @@ from . import _mode
 __all__ = ["Node", "run_backward"]
 
 
+def _sum_to(g, shape, dtype):
+    from ..ops.shape import sum_to
+    return sum_to(g, shape, dtype)
+
+
 class Node:
     """One op application: the rule to run, the tensors it saved, and the edges to its inputs.
 
@@ -84,8 +89,6 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
     or for every id in `targets`; with `leaves`, the values are (leaf or node, gradient). Fan-out gradients are summed; each rule's result is summed
     back to its input's shape and dtype.
     """
-    from ..ops import shape as _shape
-
     found = {}                                    # id -> [leaf or node, gradient]
     pending = {}                                  # id(node) -> [node, accumulated gradient]
     root_nodes = []
@@ -129,7 +132,8 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
                 gi = rule(g, ans, *node.inputs, **node.params)
                 if gi is None:
                     continue
-                gi = _shape.sum_to(gi, x.shape, x.dtype)
+                if gi.shape != x.shape or gi._dtype is not x._dtype:
+                    gi = _sum_to(gi, x.shape, x._dtype)
                 _accumulate(pending if type(e) is Node else found, e, gi)
             if not retain_graph:
                 node.release()

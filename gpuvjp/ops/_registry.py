@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _device, _dtype
+from .._tensor import Tensor
 from ..autograd import _mode
 from ..autograd._graph import Node
 
@@ -49,7 +50,6 @@ class Op:
         """The op's output as a tensor whose history is this node (for rules reading `ans`)."""
         if node.ans is None:
             return None
-        from .._tensor import Tensor
         shape, dt, dev = node.out_meta
         return Tensor._make(node.ans, dev, dt, node)
 
@@ -97,8 +97,6 @@ def fused(name, family, in_params, out_params, twin, **kw):
 
 # ----- apply: the hot path every op call goes through ---------------------------------
 def apply(op, args, params):
-    from .._tensor import Tensor
-
     tensors = []
     dev = None
     for a in args:
@@ -106,7 +104,7 @@ def apply(op, args, params):
             tensors.append(a)
             if dev is None:
                 dev = a._dev
-            elif a._dev != dev:
+            elif a._dev is not dev and a._dev != dev:
                 dev = _reconcile(op, dev, a)
     if dev is None:
         raise TypeError(f"{op.name}() expects at least one Tensor argument")
@@ -158,6 +156,9 @@ def _promote(op, args, tensors, dev):
     treat them as weak, so they never widen the result (PyTorch's rule)."""
     from . import shape as _shape
 
+    first = tensors[0]._dtype
+    if len(tensors) == len(args) and all(t._dtype is first and t._dev is dev for t in tensors):
+        return args
     dt = _dtype.result_type(*args)
     if op.promote is FLOAT and not dt.is_floating_point:
         dt = _dtype.get_default_dtype()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import shape as _shape
 from ._registry import defop, defvjp
 from ._util import broadcast_shapes
 
@@ -30,8 +31,7 @@ def _check_matmul(x, y):
 
 
 def _mT(a):
-    from .shape import transpose
-    return transpose(a, -1, -2)
+    return _shape.transpose(a, -1, -2)
 
 
 # ----- matmul ----------------------------------------------------------------------------------
@@ -41,27 +41,24 @@ matmul_ = defop("matmul", lambda xp, x, y: xp.matmul(x, y), saves_ans=False)
 
 
 def _as_mats(g, x, y):
-    from .shape import reshape, unsqueeze
-    x2 = unsqueeze(x, 0) if x.ndim == 1 else x
-    y2 = unsqueeze(y, -1) if y.ndim == 1 else y
+    x2 = _shape.unsqueeze(x, 0) if x.ndim == 1 else x
+    y2 = _shape.unsqueeze(y, -1) if y.ndim == 1 else y
     gshape = list(g.shape)
     if x.ndim == 1:
         gshape.insert(len(gshape) - (0 if y.ndim == 1 else 1), 1)
     if y.ndim == 1:
         gshape.append(1)
-    return reshape(g, *gshape), x2, y2
+    return _shape.reshape(g, *gshape), x2, y2
 
 
 def matmul_vjp_x(g, ans, x, y):
-    from .shape import reshape, sum_to
     g2, x2, y2 = _as_mats(g, x, y)
-    return reshape(sum_to(matmul_(g2, _mT(y2)), x2.shape, x2.dtype), *x.shape)
+    return _shape.reshape(_shape.sum_to(matmul_(g2, _mT(y2)), x2.shape, x2.dtype), *x.shape)
 
 
 def matmul_vjp_y(g, ans, x, y):
-    from .shape import reshape, sum_to
     g2, x2, y2 = _as_mats(g, x, y)
-    return reshape(sum_to(matmul_(_mT(x2), g2), y2.shape, y2.dtype), *y.shape)
+    return _shape.reshape(_shape.sum_to(matmul_(_mT(x2), g2), y2.shape, y2.dtype), *y.shape)
 
 
 defvjp(matmul_, matmul_vjp_x, matmul_vjp_y)
@@ -113,7 +110,6 @@ def dot(input, tensor):
 
 def outer(input, vec2):
     """Same as `torch.outer`."""
-    from .shape import unsqueeze
     if input.ndim != 1 or vec2.ndim != 1:
         raise RuntimeError(f"outer: expected 1D tensors, got {input.ndim}D and {vec2.ndim}D")
-    return unsqueeze(input, 1) * unsqueeze(vec2, 0)
+    return _shape.unsqueeze(input, 1) * _shape.unsqueeze(vec2, 0)

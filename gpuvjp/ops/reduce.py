@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from . import shape as _shape
 from ._registry import KEEP, defop, defvjp
 from ._util import norm_dims
 
@@ -32,8 +33,7 @@ def keep(g, dims, keepdim, shape):
     if keepdim or not dims:
         return g
     kshape = tuple(1 if i in dims else s for i, s in enumerate(shape))
-    from .shape import reshape_
-    return reshape_(g, shape=kshape)
+    return _shape.reshape_(g, shape=kshape)
 
 
 # ----- sum -------------------------------------------------------------------------------------

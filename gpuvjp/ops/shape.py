@@ -8,6 +8,7 @@ import operator
 import numpy as np
 
 from .. import _device, _dtype
+from . import reduce as _reduce
 from ._registry import KEEP, defop, defvjp
 from ._util import broadcast_shapes, norm_dim, norm_dims, norm_shape
 
@@ -51,8 +52,6 @@ def to_device(x, device):
 def sum_to(g, shape, dtype):
     """Sum `g` over the dims that broadcasting added to reach `shape`, expand it where a rule
     returned something smaller, and cast it to `dtype`."""
-    from .reduce import sum_ as _sum
-
     if not hasattr(g, "_dev"):                 # a python scalar from a rule
         raise TypeError(f"a backward rule returned {type(g).__name__}, expected a Tensor")
     gs = g.shape
@@ -62,7 +61,7 @@ def sum_to(g, shape, dtype):
             dims = tuple(range(lead)) + tuple(
                 lead + i for i, n in enumerate(shape) if n == 1 and gs[lead + i] != 1)
             if dims:
-                g = _sum(g, dim=dims, keepdim=True)
+                g = _reduce.sum_op(g, dim=dims, keepdim=True)
             if g.shape != shape:
                 g = reshape_(g, shape=shape)
         else:
