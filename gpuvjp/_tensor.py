@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _device, _dtype
+from ._lazy import Pending
 
 __all__ = ["Tensor"]
 
@@ -36,7 +37,10 @@ class Tensor:
 
     def _array(self):
         """The backing array: every read of a tensor's data goes through here."""
-        return self._data
+        d = self._data
+        if type(d) is Pending:
+            d = self._data = d.materialize()
+        return d
 
     # ----- metadata --------------------------------------------------------------------------
     @property
@@ -227,7 +231,7 @@ class Tensor:
     # ----- graph -----------------------------------------------------------------------------
     def detach(self):
         """Same as `torch.Tensor.detach`: shares data, no history."""
-        return Tensor._make(self._array(), self._dev, self._dtype, None)
+        return Tensor._make(self._data, self._dev, self._dtype, None)
 
     def detach_(self):
         if self._node is not None:

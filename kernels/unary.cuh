@@ -2,6 +2,7 @@
 namespace gv {
 
 // exp: y = exp(x), gx = g * exp(x), recomputed so the forward output need not be kept
+template <typename T> __device__ T exp_fwd(T x) { return exp(x); }
 template <typename T> __device__ T exp_bwd(T g, T x) { return g * exp(x); }
 
 // tanh: y = tanh(x), gx = g * (1 - y*y)

@@ -6,7 +6,7 @@ import functools
 import importlib.resources
 import pathlib
 
-__all__ = ["source", "elementwise_caller", "reduction", "KernelSourceError", "kernel_dir"]
+__all__ = ["source", "elementwise_caller", "map_sum", "KernelSourceError", "kernel_dir"]
 
 
 class KernelSourceError(RuntimeError):
@@ -60,23 +60,40 @@ def elementwise_caller(family, fn, in_params, out_params):
         if len(arrays) > 1:    # python scalars take the arrays' type, as NumPy's weak scalars
             arrays = [a if hasattr(a, "dtype") else ref.dtype.type(a) for a in arrays]
         kernel = elementwise(family, fn, in_params, out_params, half)
-        try:
-            return kernel(*arrays)
-        except Exception as exc:
-            if type(exc).__name__ in ("CompileException", "NVRTCError"):
-                raise KernelSourceError(
-                    f"kernel gv_{fn} in kernels/{family}.cuh failed to compile: "
-                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-            raise
+        return _compile_errors(kernel, family, fn)(*arrays)
     call.__name__ = f"gv_{fn}"
     return call
 
 
 @functools.cache
-def reduction(family, fn, in_params, out_params, map_expr, reduce_expr, post_map_expr,
-              identity, half):
-    """A ReductionKernel `gv_<fn>` whose map expression calls gv:: functions."""
+def sum_of(family, fn, half):
+    """ReductionKernel `gv_<fn>_sum`: sum(gv::fn(x)) in one pass, accumulated in float for
+    float16 and in T otherwise."""
     import cupy
 
-    return cupy.ReductionKernel(in_params, out_params, map_expr, reduce_expr, post_map_expr,
-                                identity, f"gv_{fn}", preamble=source(family))
+    ctype = "float" if half else "T"
+    return cupy.ReductionKernel(
+        "T x", "T y", call_expr(fn, "T x", ctype), "a + b", "y = (T)a", "0",
+        f"gv_{fn}_sum", reduce_type=ctype if half else None, preamble=source(family))
+
+
+def map_sum(op, src, axis, keepdims):
+    """sum(op(src), axis) without writing op(src): the op runs in the map expression."""
+    kernel = sum_of(op.family, op.kernel_fn, src.dtype == "float16")
+    return _compile_errors(kernel, op.family, f"{op.kernel_fn}_sum")(src, axis=axis,
+                                                                    keepdims=keepdims)
+
+
+def _compile_errors(kernel, family, fn):
+    """Call `kernel`, turning a compile failure into an error that names the kernel file."""
+    def call(*args, **kwargs):
+        try:
+            return kernel(*args, **kwargs)
+        except Exception as exc:
+            if type(exc).__name__ in ("CompileException", "NVRTCError"):
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise KernelSourceError(
+                    f"kernel gv_{fn} in kernels/{family}.cuh failed to compile: {first}") \
+                    from exc
+            raise
+    return call

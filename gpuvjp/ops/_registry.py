@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _device, _dtype
+from .._lazy import Pending
 from .._tensor import Tensor
 from ..autograd import _mode
 from ..autograd._graph import Node
@@ -23,7 +24,8 @@ class Op:
     """A differentiable primitive: forward on arrays, one vjp rule per positional input."""
 
     __slots__ = ("name", "impl", "gpu", "vjps", "saves_ans", "promote", "twin", "family",
-                 "kernel", "differentiable", "out_dtype", "moves_device")
+                 "kernel", "kernel_fn", "differentiable", "out_dtype", "moves_device", "lazy",
+                 "takes_pending")
 
     def __init__(self, name, impl, *, promote=SAME, saves_ans=True, differentiable=True,
                  out_dtype=None):
@@ -36,9 +38,12 @@ class Op:
         self.twin = None
         self.family = None
         self.kernel = None
+        self.kernel_fn = None                 # gv::<kernel_fn> in kernels/<family>.cuh
         self.differentiable = differentiable
         self.out_dtype = out_dtype            # e.g. bool for comparisons; None: from the array
         self.moves_device = False             # to_device: the output lives on params["device"]
+        self.lazy = False                     # on the GPU, return a Pending (see _lazy.py)
+        self.takes_pending = False            # the GPU impl accepts Pending inputs
 
     def __repr__(self):
         return f"<op {self.name}>"
@@ -91,6 +96,7 @@ def fused(name, family, in_params, out_params, twin, **kw):
     op.twin = twin
     op.family = family
     op.kernel = (in_params, out_params)
+    op.kernel_fn = name
     op.gpu = _kernels.elementwise_caller(family, name, in_params, out_params)
     return op
 
@@ -105,16 +111,21 @@ def apply(op, args, params):
             if dev is None:
                 dev = a._dev
             elif a._dev is not dev and a._dev != dev:
-                dev = _reconcile(op, dev, a)
+                dev = _reconcile(op, tensors)
     if dev is None:
         raise TypeError(f"{op.name}() expects at least one Tensor argument")
 
     if op.promote is not KEEP:
         args = _promote(op, args, tensors, dev)
-    arrays = [a._array() if isinstance(a, Tensor) else a for a in args]
-    if dev.type == "cpu":
+    if op.takes_pending and dev.type != "cpu":
+        arrays = [a._data if isinstance(a, Tensor) else a for a in args]
+    else:
+        arrays = [a._array() if isinstance(a, Tensor) else a for a in args]
+    if op.lazy and dev.type != "cpu":
+        out = Pending(op, arrays[0])
+    elif dev.type == "cpu":
         out = op.impl(np, *arrays, **params)
-        if type(out) is not np.ndarray:
+        if type(out) is not np.ndarray and not op.moves_device:
             out = np.asarray(out)
     else:
         with _device.use(dev):
@@ -139,15 +150,19 @@ def apply(op, args, params):
     return Tensor._make(out, dev, dt, node)
 
 
-def _reconcile(op, dev, t):
-    """PyTorch lets a 0-d CPU tensor join a CUDA op; any other device mix is an error."""
-    if t._dev.type == "cpu" and t.ndim == 0:
-        return dev
-    if dev.type == "cpu" and t._dev.type == "cuda":
-        return t._dev                         # the 0-d CPU one came first; checked again below
+def _reconcile(op, tensors):
+    """PyTorch lets 0-d CPU tensors join a CUDA op; any other device mix is an error."""
+    devs = []
+    for t in tensors:
+        if t._dev not in devs and not (t._dev.type == "cpu" and t.ndim == 0):
+            devs.append(t._dev)
+    if len(devs) == 1:
+        return devs[0]
+    if not devs:
+        return tensors[0]._dev
     raise RuntimeError(
         "Expected all tensors to be on the same device, but found at least two devices, "
-        f"{dev} and {t._dev}! (in op '{op.name}')")
+        f"{devs[0]} and {devs[1]}! (in op '{op.name}')")
 
 
 def _promote(op, args, tensors, dev):

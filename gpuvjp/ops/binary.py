@@ -118,7 +118,13 @@ zeros_like_ = defop("zeros_like", lambda xp, x: xp.zeros_like(x), promote=KEEP,
 
 # ----- clamp -----------------------------------------------------------------------------------
 # y = clamp(x, min, max); the gradient passes where min <= x <= max (inclusive, as PyTorch)
-clamp_ = defop("clamp", lambda xp, x, min, max: xp.clip(x, min, max), saves_ans=False)
+def _clamp_impl(xp, x, min, max):
+    if min is None:
+        return xp.minimum(x, max)
+    return xp.maximum(x, min) if max is None else xp.minimum(xp.maximum(x, min), max)
+
+
+clamp_ = defop("clamp", _clamp_impl, saves_ans=False)
 defvjp(clamp_, lambda g, ans, x, min, max: where_(_in_range(x, min, max), g, zeros_like_(g)))
 
 

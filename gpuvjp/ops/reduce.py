@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from .._lazy import Pending
+from . import _kernels
 from . import shape as _shape
 from ._registry import KEEP, defop, defvjp
 from ._util import norm_dims
@@ -28,6 +30,15 @@ def _sum_impl(xp, x, dim, keepdim):
     return out
 
 
+def _sum_gpu(xp, x, dim, keepdim):
+    """A pending elementwise input (exp) runs inside the reduction's map expression."""
+    if type(x) is Pending:
+        if x.value is None:
+            return _kernels.map_sum(x.op, x.src, dim, keepdim)
+        x = x.value
+    return _sum_impl(xp, x, dim, keepdim)
+
+
 def keep(g, dims, keepdim, shape):
     """Re-insert the reduced dims of `g` (size 1), so the graph can expand it to `shape`."""
     if keepdim or not dims:
@@ -39,6 +50,8 @@ def keep(g, dims, keepdim, shape):
 # ----- sum -------------------------------------------------------------------------------------
 # y = sum(x, dims); the gradient is g broadcast back over the reduced dims (a view, no copy)
 sum_op = defop("sum", _sum_impl, promote=KEEP, saves_ans=False)
+sum_op.gpu = _sum_gpu
+sum_op.takes_pending = True
 defvjp(sum_op, lambda g, ans, x, dim, keepdim: keep(g, dim, keepdim, x.shape))
 
 

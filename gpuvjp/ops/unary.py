@@ -19,8 +19,11 @@ defvjp(neg, lambda g, ans, x: -g)
 
 # ----- exp -----------------------------------------------------------------------------------
 # y = exp(x), dy/dx = exp(x). The first-order rule recomputes exp(x) inside one fused launch
-# instead of keeping y alive: same bytes read, and y is never stored for the backward.
-exp = defop("exp", np.exp, promote=FLOAT, saves_ans=False)
+# instead of keeping y alive: same bytes read, and y is never stored for the backward. On the
+# GPU exp is lazy, so x.exp().sum(dim) is one reduction pass that never writes y.
+exp = fused("exp_fwd", "unary", "T x", "T y", twin=np.exp, promote=FLOAT, saves_ans=False)
+exp.name = "exp"
+exp.lazy = True
 exp_bwd = fused("exp_bwd", "unary", "T g, T x", "T gx", twin=lambda g, x: g * np.exp(x))
 defvjp(exp, lambda g, ans, x: exp_bwd(g, x))
 defvjp(exp_bwd, lambda gg, _, g, x: exp_bwd(gg, x),
