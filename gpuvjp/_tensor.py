@@ -247,7 +247,11 @@ class Tensor:
 
     # ----- printing ----------------------------------------------------------------------------
     def __repr__(self):
-        body = np.array2string(self._host(), separator=", ", prefix="tensor(")
+        a = self._host()
+        opts = {}
+        if a.dtype.kind == "f" and a.size and not np.all(np.isfinite(a) & (a == np.round(a))):
+            opts = dict(precision=4, floatmode="fixed")          # PyTorch's default printing
+        body = np.array2string(a, separator=", ", prefix="tensor(", **opts)
         extra = ""
         if self._dev.type != "cpu":
             extra += f", device='{self._dev}'"
