@@ -58,10 +58,6 @@ def _seed_grads(outputs, grad_outputs, create_graph):
                 raise RuntimeError(
                     f"invalid gradient at index {i} - expected device {out.device} but got "
                     f"{g.device}")
-            if not g.dtype.is_floating_point and out.dtype.is_floating_point:
-                raise TypeError(
-                    f"grad_outputs[{i}] has dtype {g.dtype} but output {i} is {out.dtype}: "
-                    "a gradient must be floating point")
             if g.dtype is not out.dtype:
                 g = to_dtype(g, out.dtype)
             if not create_graph:

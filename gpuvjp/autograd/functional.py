@@ -41,7 +41,7 @@ def _grad_preprocess(inputs, create_graph, need_graph):
             if need_graph and d._dtype.is_floating_point:
                 d._requires_grad = True
             elif need_graph:
-                raise RuntimeError("only Tensors of floating point and complex dtype can "
+                raise RuntimeError("only Tensors of floating point dtype can "
                                    "require gradients")
             out.append(d)
     return tuple(out)
@@ -68,8 +68,6 @@ def _validate_v(v, other, is_other_tuple):
         if el_v.device != el_o.device:
             raise RuntimeError(f"{prepend}v is on device {el_v.device} but the output it "
                                f"pairs with is on {el_o.device}.")
-        if not el_v.dtype.is_floating_point:
-            raise TypeError(f"{prepend}v has dtype {el_v.dtype}: v must be floating point.")
 
 
 def _size(shape):
