@@ -66,7 +66,7 @@ cat "$OUTDIR/env.txt"
 
 # ----- tests ------------------------------------------------------------------
 echo "=== pytest -m gpu (timeout ${PYTEST_TIMEOUT}s)"
-timeout "$PYTEST_TIMEOUT" python3 -m pytest -m gpu -x -q -p no:cacheprovider tests 2>&1 \
+timeout "$PYTEST_TIMEOUT" python3 -m pytest -m gpu -q --maxfail=60 -rfE -p no:cacheprovider tests 2>&1 \
     | tee "$OUTDIR/pytest_gpu.log"
 pytest_rc=${PIPESTATUS[0]}
 echo "=== pytest exit code: $pytest_rc"
