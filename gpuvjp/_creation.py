@@ -33,7 +33,10 @@ def _put(arr, dev):
 def _finish(arr, dev, requires_grad):
     t = Tensor._make(arr, dev, _dtype.from_numpy_dtype(arr.dtype), None)
     if requires_grad:
-        t.requires_grad_(True)
+        if not t._dtype.is_floating_point:
+            raise RuntimeError("Only Tensors of floating point and complex dtype can require "
+                               "gradients")
+        t._requires_grad = True
     return t
 
 

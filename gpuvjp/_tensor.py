@@ -77,6 +77,8 @@ class Tensor:
 
     @requires_grad.setter
     def requires_grad(self, value):
+        if self._node is not None and value:
+            raise RuntimeError("you can only change requires_grad flags of leaf variables.")
         self.requires_grad_(value)
 
     def requires_grad_(self, requires_grad=True):

@@ -102,15 +102,15 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     targets = {id(_key(t)) for t in inputs}
     found = run_backward([_key(o) for o in outputs], grads, targets, retain_graph, create_graph)
     result = []
-    for t in inputs:
+    for i, t in enumerate(inputs):
         g = found.get(id(_key(t)))
         if g is None:
             if materialize_grads:
                 g = zeros_like(t)
             elif not allow_unused:
                 raise RuntimeError(
-                    "One of the differentiated Tensors appears to not have been used in the "
-                    "graph. Set allow_unused=True if this is the desired behavior.")
+                    f"The differentiated Tensor at index {i} appears to not have been used in "
+                    "the graph. Set allow_unused=True if this is the desired behavior.")
         elif not create_graph:
             g = g.detach()
         result.append(g)

@@ -40,9 +40,26 @@ class Node:
         return f"<{self.name()}>"
 
     def release(self):
-        self.inputs = None
-        self.ans = None
-        self.released = True
+        """Drop the saved arrays. An op whose rules read only its inputs' shape, dtype and
+        device keeps those, so its node can be swept again (as PyTorch allows)."""
+        if self.op.saves_inputs or self.ans is not None:
+            self.inputs = None
+            self.ans = None
+            self.released = True
+        elif self.inputs is not None:
+            self.inputs = tuple(Meta(t) if hasattr(t, "_dev") else t for t in self.inputs)
+
+
+class Meta:
+    """What remains of a released input: its shape, dtype and device, for sum_to and rules."""
+
+    __slots__ = ("shape", "dtype", "_dtype", "device", "_dev", "ndim", "requires_grad")
+
+    def __init__(self, t):
+        self.shape, self.ndim = t.shape, t.ndim
+        self.dtype = self._dtype = t._dtype
+        self.device = self._dev = t._dev
+        self.requires_grad = t.requires_grad
 
 
 def _toposort(roots, targets):
@@ -86,8 +103,9 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
     """Sweep gradients from `roots` (nodes or leaf tensors) seeded with `grads`.
 
     Returns a dict id(leaf or node) -> gradient Tensor for every leaf reached (targets None)
-    or for every id in `targets`; with `leaves`, the values are (leaf or node, gradient). Fan-out gradients are summed; each rule's result is summed
-    back to its input's shape and dtype.
+    or for every id in `targets`; with `leaves`, the values are (leaf or node, gradient).
+    Fan-out gradients are summed; each rule's result is summed back to its input's shape and
+    dtype.
     """
     found = {}                                    # id -> [leaf or node, gradient]
     pending = {}                                  # id(node) -> [node, accumulated gradient]

@@ -23,17 +23,18 @@ KEEP = "keep"          # inputs used as they are (shape ops, casts, indexing)
 class Op:
     """A differentiable primitive: forward on arrays, one vjp rule per positional input."""
 
-    __slots__ = ("name", "impl", "gpu", "vjps", "saves_ans", "promote", "twin", "family",
-                 "kernel", "kernel_fn", "differentiable", "out_dtype", "moves_device", "lazy",
-                 "takes_pending")
+    __slots__ = ("name", "impl", "gpu", "vjps", "saves_ans", "saves_inputs", "promote", "twin",
+                 "family", "kernel", "kernel_fn", "differentiable", "out_dtype", "moves_device",
+                 "lazy", "takes_pending")
 
-    def __init__(self, name, impl, *, promote=SAME, saves_ans=True, differentiable=True,
-                 out_dtype=None):
+    def __init__(self, name, impl, *, promote=SAME, saves_ans=True, saves_inputs=True,
+                 differentiable=True, out_dtype=None):
         self.name = name
         self.impl = impl                      # impl(xp, *arrays, **params) -> array
         self.gpu = None                       # optional GPU override with the same signature
         self.vjps = None
         self.saves_ans = saves_ans
+        self.saves_inputs = saves_inputs      # False: rules read only shape/dtype/device
         self.promote = promote
         self.twin = None
         self.family = None
