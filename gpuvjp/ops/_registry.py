@@ -85,15 +85,16 @@ def defvjp(op, *rules):
     return op
 
 
-def fused(name, family, in_params, out_params, twin, **kw):
+def fused(name, family, in_params, out_params, twin, public=None, **kw):
     """An elementwise op backed by `gv::<name>` in kernels/<family>.cuh on the GPU and by
-    `twin` (NumPy) on the CPU. It is an op like any other and gets its own defvjp."""
+    `twin` (NumPy) on the CPU. It is an op like any other and gets its own defvjp; `public`
+    names a forward op whose public name differs from its kernel's (sigmoid: gv::sigmoid_fwd)."""
     from . import _kernels
 
     def impl(xp, *arrays):
         return twin(*arrays)
 
-    op = defop(name, impl, **kw)
+    op = defop(public or name, impl, **kw)
     op.twin = twin
     op.family = family
     op.kernel = (in_params, out_params)

@@ -1,0 +1,378 @@
+"""Every fused kernel in the registry: NVRTC compiles it as CuPy will, its math built by the host
+C++ compiler matches its NumPy twin, and (gpu) the CuPy kernel matches the twin and cuda matches
+cpu. The cases are generated from `REGISTRY`, so a new fused op is checked without edits here."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import itertools
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import gpuvjp as gv
+from gpuvjp.ops import REGISTRY, _kernels
+from tests import _hostcc
+
+
+# ----- the kernels under test -----------------------------------------------------------------
+def _is_elementwise(op):
+    k = op.kernel
+    return isinstance(k, tuple) and len(k) == 2 and all(isinstance(p, str) for p in k)
+
+
+# Keyed by the kernel's gv:: function name (an op's public name may differ: `sigmoid` is
+# gv::sigmoid_fwd).
+FUSED = {op.kernel_fn: op for op in REGISTRY.values() if op.kernel is not None}
+ELEMENTWISE = sorted(key for key, op in FUSED.items() if _is_elementwise(op))
+FAMILIES = sorted({FUSED[key].family for key in ELEMENTWISE})
+
+
+def _params(params):
+    """[(type, name)] of a CuPy parameter list such as "T g, T ans"."""
+    return [tuple(p.split()[-2:]) for p in params.split(",")]
+
+
+def _np_dtype(type_, dtype):
+    """A parameter's NumPy dtype: a one-letter type stands for the kernel's dtype."""
+    return np.dtype(dtype) if len(type_) == 1 else np.dtype(type_)
+
+
+def _first_of(family):
+    return next(key for key in ELEMENTWISE if FUSED[key].family == family)
+
+
+def test_every_fused_kernel_is_checked():
+    unknown = {key: op.kernel for key, op in FUSED.items() if not _is_elementwise(op)}
+    assert not unknown, ("fused kernels of a kind tests/ops/test_kernels.py cannot build a "
+                         f"wrapper for yet; add one there: {unknown}")
+
+
+# ----- inputs and comparison ------------------------------------------------------------------
+# Inputs are uniform over DEFAULT_RANGE; a row here only where that does not fit, keyed
+# "<op>.<param>" (or "<param>" for every op).
+DEFAULT_RANGE = (-2.0, 2.0)
+RANGES = {
+    "pow_bwd_x.x": (0.1, 3.0),     # x^(y-1) is real for x > 0
+    "pow_bwd_y.x": (0.1, 3.0),     # log(x)
+    "div_bwd_y.y": (0.5, 2.0),     # away from the pole at y = 0
+    "rsqrt_fwd.x": (0.1, 4.0),     # real for x > 0
+}
+# Every input also takes these exactly, in each combination with the others' (where the inputs
+# are large enough): the branches (relu at 0, pow at x == 0 or y == 0) and the poles, where
+# kernel and twin must agree on inf and nan too.
+EDGES = (0.0, 1.0, -1.0)
+
+TOL = {"float16": dict(rtol=1e-2, atol=1e-2),
+       "float32": dict(rtol=1e-5, atol=1e-6),
+       "float64": dict(rtol=1e-12, atol=1e-13)}
+
+
+def _inputs(key, dtype, shapes, rng):
+    """One array per input of `key`'s kernel, each of its shape in `shapes`."""
+    params = _params(FUSED[key].kernel[0])
+    arrays = []
+    for (_, name), shape in zip(params, shapes):
+        lo, hi = RANGES.get(f"{key}.{name}", RANGES.get(name, DEFAULT_RANGE))
+        arrays.append(np.asarray(rng.uniform(lo, hi, size=shape)))
+    grid = np.array(list(itertools.product(EDGES, repeat=len(params)))).T
+    if len(set(shapes)) == 1 and grid.shape[1] <= arrays[0].size:
+        for a, edge in zip(arrays, grid):
+            a.reshape(-1)[:edge.size] = edge
+    return [a.astype(_np_dtype(t, dtype)) for (t, _), a in zip(params, arrays)]
+
+
+def _twin(op, arrays):
+    with np.errstate(all="ignore"):
+        return np.asarray(op.twin(*arrays))
+
+
+def _assert_close(got, want, dtype, what):
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64),
+                               err_msg=what, **TOL[dtype])
+
+
+def _marked(preamble, family):
+    """`preamble` with #line markers, so diagnostics name kernels/<file>.cuh and its lines (when
+    it is common.cuh + <family>.cuh, as `_kernels.source` builds it; else unchanged)."""
+    kdir = _kernels.kernel_dir()
+    common = (kdir / "common.cuh").read_text()
+    body = (kdir / f"{family}.cuh").read_text()
+    if preamble != common + "\n" + body:
+        return preamble
+    return f'#line 1 "kernels/common.cuh"\n{common}\n#line 1 "kernels/{family}.cuh"\n{body}'
+
+
+# ----- 1. NVRTC: each kernel compiles as CuPy will compile it (no GPU needed) ------------------
+ARCH = "-arch=compute_90"                      # the H100 / H200 the project runs on
+DTYPES = ("float16", "float32", "float64")
+CUPY_TYPENAME = {"float16": "float16", "float32": "float", "float64": "double"}
+
+
+@pytest.fixture(scope="module")
+def nvrtc():
+    """CuPy's raw NVRTC binding (from the nvidia-cuda-nvrtc wheel): it needs no GPU."""
+    mod = pytest.importorskip("cupy_backends.cuda.libs.nvrtc",
+                              reason="CuPy is not installed (pip install -e .[test])")
+    mod.getVersion()                           # a missing libnvrtc fails here, loudly
+    return mod
+
+
+@functools.cache
+def _cupy_options(kernel_options=()):
+    """The options CuPy compiles an ElementwiseKernel with: its include paths and C++ standard,
+    -ftz=true (cupy/cuda/compiler.py), and the project's GPU architecture."""
+    try:
+        from cupy._core.core import assemble_cupy_compiler_options
+        options = list(assemble_cupy_compiler_options(tuple(kernel_options)))
+    except (ImportError, AttributeError, RuntimeError):   # a CuPy without it, or no CUDA root
+        import cupy
+        inc = pathlib.Path(cupy.__file__).parent / "_core" / "include"
+        options = [f"-I{inc}/cupy/_cccl/{d}" for d in ("cub", "thrust", "libcudacxx")]
+        options += [*kernel_options, "--std=c++17", f"-I{inc}"]
+    return tuple(options) + ("-ftz=true", ARCH)
+
+
+def _cupy_headers():
+    try:
+        from cupy._core.core import _cupy_header_list
+        return tuple(_cupy_header_list)
+    except (ImportError, AttributeError):
+        return ("cupy/complex.cuh", "cupy/carray.cuh", "cupy/atomics.cuh", "cupy/math_constants.h")
+
+
+def _gpu_kernel(key, dtype):
+    """The cupy.ElementwiseKernel gpuvjp builds for `key` (building one compiles nothing)."""
+    op = FUSED[key]
+    return _kernels.elementwise(op.family, key, *op.kernel, dtype == "float16")
+
+
+def _cupy_unit(kern, dtype, preamble):
+    """The translation unit CuPy generates for `kern` on contiguous 1-d arrays of `dtype`
+    (cupy/_core/_kernel.pyx, _get_elementwise_kernel_code), with `preamble` as its preamble."""
+    typename = CUPY_TYPENAME[dtype]
+    params, loads, placeholders = [], [], set()
+    for p in kern.in_params + kern.out_params:
+        const = "const " if p.is_const else ""
+        if p.dtype is None:
+            placeholders.add(p.ctype)
+        ctype = typename if p.dtype is None else p.ctype
+        var = p.name if p.raw else f"_raw_{p.name}"
+        params.append(f"{const}CArray<{ctype}, 1, true, true> {var}")
+        if not p.raw:
+            loads.append(f"{const}{p.ctype} &{p.name} = _raw_{p.name}[_ind.get()];")
+    head = "".join(f"#include <{h}>\n" for h in _cupy_headers())
+    if dtype == "float16":
+        head += '#include "cupy/float16.cuh"\n'
+    head += "".join(f"typedef {typename} {t};\n" for t in sorted(placeholders))
+    body = "\n    ".join([*loads, kern.operation])
+    params.append("CIndexer<1, true> _ind")
+    return (f"{head}{preamble}\n#line 1 \"{kern.name} (generated wrapper)\"\n"
+            f'extern "C" __global__ void {kern.name}({", ".join(params)}) {{\n'
+            f"  #pragma unroll 1\n"
+            f"  CUPY_FOR(i, _ind.size()) {{\n    _ind.set(i);\n    {body};\n  }}\n}}\n")
+
+
+def _nvrtc_compile(nvrtc, source, name, options):
+    """(compiled, log) of NVRTC on `source`."""
+    prog = nvrtc.createProgram(source, name, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, list(options))
+            ok = True
+        except nvrtc.NVRTCError:
+            ok = False
+        return ok, nvrtc.getProgramLog(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def _has_fp16_header(options):
+    return any(pathlib.Path(o[2:], "cuda_fp16.h").is_file() for o in options if o.startswith("-I"))
+
+
+def _compile_case(nvrtc, key, dtype, preamble=None):
+    kern = _gpu_kernel(key, dtype)
+    options = _cupy_options(tuple(kern.kwargs.get("options", ())))
+    if dtype == "float16" and not _has_fp16_header(options):
+        pytest.skip("cuda_fp16.h is on none of CuPy's include paths: CuPy could not compile a "
+                    "float16 kernel on this machine either")
+    preamble = _marked(kern.preamble, FUSED[key].family) if preamble is None else preamble
+    source = _cupy_unit(kern, dtype, preamble)
+    return _nvrtc_compile(nvrtc, source, f"{kern.name}_{dtype}.cu", options)
+
+
+@pytest.mark.parametrize("key,dtype", [pytest.param(k, d, id=f"{k}-{d}")
+                                       for k in ELEMENTWISE for d in DTYPES])
+def test_kernel_compiles_with_nvrtc(key, dtype, nvrtc):
+    ok, log = _compile_case(nvrtc, key, dtype)
+    assert ok, (f"NVRTC rejects gv_{key} ({dtype}) from kernels/{FUSED[key].family}.cuh:\n"
+                f"{log}")
+
+
+def _broken(preamble, key, how):
+    if how == "renamed":       # gv::<key> gone, as a rename in the .cuh alone would leave it
+        return re.sub(rf"\b{key}\b(?=\s*\()", f"{key}_renamed", preamble)
+    return preamble + "\nnamespace gv { __device__ float oops(float x) { return x + ; } }\n"
+
+
+@pytest.mark.parametrize("how", ["renamed", "syntax"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_nvrtc_check_fails_on_a_broken_kernel_file(family, how, nvrtc):
+    key = _first_of(family)
+    preamble = _gpu_kernel(key, "float32").preamble
+    broken = _broken(preamble, key, how)
+    assert broken != preamble
+    ok, log = _compile_case(nvrtc, key, "float32", broken)
+    assert not ok and "error" in log, log
+    assert (key if how == "renamed" else "oops") in log, log
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compile_failure_is_a_kernel_source_error_naming_the_file(family, nvrtc, monkeypatch, rng):
+    """No GPU: CuPy's CompileException (carrying a real NVRTC log) from the kernel call becomes
+    KernelSourceError naming kernels/<family>.cuh. The gpu test below runs it end to end."""
+    from cupy.cuda.compiler import CompileException
+
+    key = _first_of(family)
+    broken = _broken(_gpu_kernel(key, "float32").preamble, key, "renamed")
+    ok, log = _compile_case(nvrtc, key, "float32", broken)
+    assert not ok
+
+    def failing_kernel(*_):
+        def call(*arrays):
+            raise CompileException(log, broken, "kern.cu", (), "nvrtc")
+        return call
+
+    monkeypatch.setattr(_kernels, "elementwise", failing_kernel)
+    arrays = _inputs(key, "float32", [(7,)] * len(_params(FUSED[key].kernel[0])), rng)
+    with pytest.raises(_kernels.KernelSourceError, match=rf"gv_{key}\b.*kernels/{family}\.cuh"):
+        FUSED[key].gpu(np, *arrays)
+
+
+# ----- 2. host C++: the kernel math against the NumPy twin (no GPU needed) --------------------
+HOST_TYPES = {"float32": "float", "float64": "double"}
+HOST_C = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long",
+          "bool": "bool"}
+N_HOST = 600
+
+
+def _host_c(type_, ctype):
+    return ctype if len(type_) == 1 else HOST_C[np.dtype(type_).name]
+
+
+def _host_wrapper(key, ctype):
+    """`check_<key>_<ctype>(inputs..., out, n)`: the GPU body `out = (T)gv::key<T>((T)a, ...)`
+    in a loop, T = ctype."""
+    in_params, out_params = FUSED[key].kernel
+    ins = _params(in_params)
+    out_type = _params(out_params)[0][0]         # _kernels.elementwise writes the first output
+    args = [f"const {_host_c(t, ctype)}* _p{j}" for j, (t, _) in enumerate(ins)]
+    loads = " ".join(f"const {_host_c(t, 'T')} {n} = _p{j}[_i];" for j, (t, n) in enumerate(ins))
+    out_c = _host_c(out_type, ctype)
+    return (f'extern "C" void check_{key}_{ctype}({", ".join(args)}, {out_c}* _out, long _n) {{\n'
+            f"  typedef {ctype} T;\n"
+            f"  for (long _i = 0; _i < _n; ++_i) {{\n"
+            f"    {loads}\n"
+            f"    _out[_i] = ({out_c}){_kernels.call_expr(key, in_params, 'T')};\n"
+            f"  }}\n}}\n")
+
+
+@pytest.fixture(scope="module")
+def host_lib(tmp_path_factory):
+    """kernels/*.cuh (common.cuh defines __device__ away) and a check_ wrapper per fused op and
+    type, built once per session and source by the host C++ compiler."""
+    cxx = _hostcc.find_cxx()
+    if cxx is None:
+        pytest.skip("no host C++ compiler found ($CXX, g++, c++ or clang++)")
+    source = "".join(_marked(_kernels.source(f), f) + "\n" for f in FAMILIES)
+    source += '#line 1 "check wrappers (generated)"\n'
+    source += "".join(_host_wrapper(k, c) for k in ELEMENTWISE for c in HOST_TYPES.values())
+    try:
+        return _hostcc.load(source, tmp_path_factory.getbasetemp() / "hostcc", cxx)
+    except _hostcc.HostCompileError as exc:
+        error = str(exc)
+    pytest.fail(error, pytrace=False)
+
+
+@pytest.mark.parametrize("key,dtype", [pytest.param(k, d, id=f"{k}-{d}")
+                                       for k in ELEMENTWISE for d in HOST_TYPES])
+def test_kernel_math_matches_twin(key, dtype, host_lib, rng):
+    op = FUSED[key]
+    ctype = HOST_TYPES[dtype]
+    nin = len(_params(op.kernel[0]))
+    arrays = _inputs(key, dtype, [(N_HOST,)] * nin, rng)
+    out = np.empty(N_HOST, _np_dtype(_params(op.kernel[1])[0][0], dtype))
+    fn = getattr(host_lib, f"check_{key}_{ctype}")
+    fn.argtypes = [ctypes.c_void_p] * (nin + 1) + [ctypes.c_long]
+    fn.restype = None
+    fn(*[a.ctypes.data_as(ctypes.c_void_p) for a in [*arrays, out]], N_HOST)
+
+    want = _twin(op, arrays)
+    assert want.dtype == out.dtype, f"the twin of {key} returns {want.dtype} for {dtype} inputs"
+    _assert_close(out, want, dtype, f"gv::{key}<{ctype}> (host build) against its twin")
+
+
+# ----- 3. gpu: the CuPy kernel against its twin, and cuda against cpu -------------------------
+SHAPES = {"()": [()], "(7,)": [(7,)], "(33,65)": [(33, 65)], "(33,1)x(1,65)": [(33, 1), (1, 65)]}
+
+
+def _gpu_cases():
+    for key in ELEMENTWISE:
+        nin = len(_params(FUSED[key].kernel[0]))
+        for dtype in DTYPES:
+            for name, shapes in SHAPES.items():
+                if len(shapes) <= nin:         # a broadcast pair needs two inputs
+                    yield pytest.param(key, dtype, [shapes[j % len(shapes)] for j in range(nin)],
+                                       id=f"{key}-{dtype}-{name}")
+
+
+GPU_CASES = list(_gpu_cases())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("key,dtype,shapes", GPU_CASES)
+def test_kernel_on_cuda_matches_twin(key, dtype, shapes, rng):
+    op = FUSED[key]
+    arrays = _inputs(key, dtype, shapes, rng)
+    got = op(*[gv.tensor(a, device="cuda") for a in arrays]).numpy()
+    # float16 computes in float (`_kernels.call_expr`): so does the reference, rounded at the end
+    up = [a.astype(np.float32) if a.dtype == np.float16 else a for a in arrays]
+    want = _twin(op, up).astype(dtype)
+    assert (got.dtype, got.shape) == (want.dtype, want.shape)
+    _assert_close(got, want, dtype, f"gv_{key} on cuda against its twin")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("key,dtype,shapes", GPU_CASES)
+def test_kernel_cuda_matches_cpu(key, dtype, shapes, rng):
+    op = FUSED[key]
+    arrays = _inputs(key, dtype, shapes, rng)
+    with np.errstate(all="ignore"):
+        cpu = op(*[gv.tensor(a, device="cpu") for a in arrays])
+    cuda = op(*[gv.tensor(a, device="cuda") for a in arrays])
+    assert (cuda.dtype, cuda.shape) == (cpu.dtype, cpu.shape)
+    _assert_close(cuda.numpy(), cpu.numpy(), dtype, f"{key} on cuda against cpu")
+
+
+@pytest.fixture
+def fresh_kernels():
+    """No ElementwiseKernel built from a patched source outlives the test."""
+    _kernels.elementwise.cache_clear()
+    yield
+    _kernels.elementwise.cache_clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", FAMILIES)
+def test_broken_kernel_file_raises_kernel_source_error(family, monkeypatch, fresh_kernels, rng):
+    key = _first_of(family)
+    source = _kernels.source
+    broken = _broken(source(family), key, "renamed")
+    monkeypatch.setattr(_kernels, "source", lambda f: broken if f == family else source(f))
+    arrays = _inputs(key, "float32", [(7,)] * len(_params(FUSED[key].kernel[0])), rng)
+    with pytest.raises(_kernels.KernelSourceError, match=rf"kernels/{family}\.cuh"):
+        FUSED[key](*[gv.tensor(a, device="cuda") for a in arrays])
