@@ -14,7 +14,10 @@ class Tensor:
     """Same as `torch.Tensor` for the ops gpuvjp supports. Tensors are values: no op writes
     into an existing tensor, so views share memory safely."""
 
-    __slots__ = ("_data", "_dev", "_dtype", "_node", "_requires_grad", "grad", "__weakref__")
+    # _nb: leading batch dims of the array that the tensor's shape does not show (a batched
+    # sweep: vectorized jacobian, batched tangents). _tangent: the forward-mode tangent.
+    __slots__ = ("_data", "_dev", "_dtype", "_node", "_requires_grad", "grad", "_nb",
+                 "_tangent", "__weakref__")
     __array_priority__ = 1000           # NumPy defers `ndarray op Tensor` to the Tensor
 
     def __init__(self, data=()):
@@ -23,6 +26,7 @@ class Tensor:
                    else None)
         self._data, self._dev, self._dtype = t._data, t._dev, t._dtype
         self._node, self._requires_grad, self.grad = None, False, None
+        self._nb, self._tangent = 0, None
 
     @classmethod
     def _make(cls, data, dev, dtype, node):
@@ -33,6 +37,8 @@ class Tensor:
         t._node = node
         t._requires_grad = node is not None
         t.grad = None
+        t._nb = 0
+        t._tangent = None
         return t
 
     def _array(self):
@@ -45,7 +51,8 @@ class Tensor:
     # ----- metadata --------------------------------------------------------------------------
     @property
     def shape(self):
-        return self._data.shape
+        s = self._data.shape
+        return s[self._nb:] if self._nb else s
 
     @property
     def dtype(self):
@@ -61,7 +68,7 @@ class Tensor:
 
     @property
     def ndim(self):
-        return self._data.ndim
+        return self._data.ndim - self._nb
 
     @property
     def grad_fn(self):
@@ -111,6 +118,8 @@ class Tensor:
         return self.ndim
 
     def numel(self):
+        if self._nb:
+            return int(np.prod(self.shape, dtype=np.int64))
         return int(self._data.size)
 
     nelement = numel
@@ -232,7 +241,9 @@ class Tensor:
     # ----- graph -----------------------------------------------------------------------------
     def detach(self):
         """Same as `torch.Tensor.detach`: shares data, no history."""
-        return Tensor._make(self._data, self._dev, self._dtype, None)
+        t = Tensor._make(self._data, self._dev, self._dtype, None)
+        t._nb = self._nb
+        return t
 
     def detach_(self):
         if self._node is not None:

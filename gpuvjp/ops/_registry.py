@@ -8,6 +8,7 @@ from .. import _device, _dtype
 from .._lazy import Pending
 from .._tensor import Tensor
 from ..autograd import _mode
+from ..autograd import _forward
 from ..autograd._graph import Node
 
 __all__ = ["Op", "defop", "defvjp", "fused", "REGISTRY"]
@@ -25,10 +26,10 @@ class Op:
 
     __slots__ = ("name", "impl", "gpu", "vjps", "saves_ans", "saves_inputs", "promote", "twin",
                  "family", "kernel", "kernel_fn", "differentiable", "out_dtype", "moves_device",
-                 "lazy", "takes_pending")
+                 "lazy", "takes_pending", "elementwise", "batch_rule", "jvp")
 
     def __init__(self, name, impl, *, promote=SAME, saves_ans=True, saves_inputs=True,
-                 differentiable=True, out_dtype=None):
+                 differentiable=True, out_dtype=None, elementwise=False):
         self.name = name
         self.impl = impl                      # impl(xp, *arrays, **params) -> array
         self.gpu = None                       # optional GPU override with the same signature
@@ -45,6 +46,9 @@ class Op:
         self.moves_device = False             # to_device: the output lives on params["device"]
         self.lazy = False                     # on the GPU, return a Pending (see _lazy.py)
         self.takes_pending = False            # the GPU impl accepts Pending inputs
+        self.elementwise = elementwise        # broadcasting, shape-free: batches and jvps itself
+        self.batch_rule = None                # how a leading batch dim passes through
+        self.jvp = None                       # forward-mode rule, see defjvp
 
     def __repr__(self):
         return f"<op {self.name}>"
@@ -74,6 +78,7 @@ def defop(name, impl, **kw):
     also has under the same name."""
     if isinstance(impl, np.ufunc):
         impl = _ufunc_impl(impl)
+        kw.setdefault("elementwise", True)
     op = Op(name, impl, **kw)
     REGISTRY[name] = op
     return op
@@ -94,7 +99,7 @@ def fused(name, family, in_params, out_params, twin, public=None, **kw):
     def impl(xp, *arrays):
         return twin(*arrays)
 
-    op = defop(public or name, impl, **kw)
+    op = defop(public or name, impl, elementwise=True, **kw)
     op.twin = twin
     op.family = family
     op.kernel = (in_params, out_params)
@@ -107,6 +112,8 @@ def fused(name, family, in_params, out_params, twin, public=None, **kw):
 def apply(op, args, params):
     tensors = []
     dev = None
+    nb = 0
+    dual = False
     for a in args:
         if isinstance(a, Tensor):
             tensors.append(a)
@@ -114,24 +121,34 @@ def apply(op, args, params):
                 dev = a._dev
             elif a._dev is not dev and a._dev != dev:
                 dev = _reconcile(op, tensors)
+            if a._nb:
+                nb = a._nb
+            if a._tangent is not None:
+                dual = True
     if dev is None:
         raise TypeError(f"{op.name}() expects at least one Tensor argument")
 
     if op.promote is not KEEP:
         args = _promote(op, args, tensors, dev)
-    if op.takes_pending and dev.type != "cpu":
+    gpu = dev.type != "cpu"
+    if op.takes_pending and gpu and not nb:
         arrays = [a._data if isinstance(a, Tensor) else a for a in args]
     else:
         arrays = [a._array() if isinstance(a, Tensor) else a for a in args]
-    if op.lazy and dev.type != "cpu":
-        out = Pending(op, arrays[0])
-    elif dev.type == "cpu":
-        out = op.impl(np, *arrays, **params)
-        if type(out) is not np.ndarray and not op.moves_device:
-            out = np.asarray(out)
-    else:
-        with _device.use(dev):
-            out = (op.gpu or op.impl)(_device.cupy_module(), *arrays, **params)
+    try:
+        if nb:
+            out = _batched(op, args, arrays, params, dev)
+        elif op.lazy and gpu:
+            out = Pending(op, arrays[0])
+        elif not gpu:
+            out = op.impl(np, *arrays, **params)
+            if type(out) is not np.ndarray and not op.moves_device:
+                out = np.asarray(out)
+        else:
+            with _device.use(dev):
+                out = (op.gpu or op.impl)(_device.cupy_module(), *arrays, **params)
+    except ValueError as exc:
+        raise _explain(op, tensors, exc) from None
     dt = op.out_dtype or _dtype.from_numpy_dtype(out.dtype)
     if op.moves_device:
         dev = params["device"]
@@ -140,7 +157,7 @@ def apply(op, args, params):
     if op.differentiable and _mode.is_grad_enabled():
         edges = None
         for i, a in enumerate(args):
-            if isinstance(a, Tensor) and a.requires_grad:
+            if isinstance(a, Tensor) and a._requires_grad:
                 if edges is None:
                     edges = [None] * len(args)
                 edges[i] = a._node if a._node is not None else a
@@ -148,8 +165,67 @@ def apply(op, args, params):
             if op.vjps is None:
                 raise RuntimeError(f"the derivative for '{op.name}' is not implemented")
             node = Node(op, tuple(args), params, tuple(edges),
-                        out if op.saves_ans else None, (out.shape, dt, dev))
-    return Tensor._make(out, dev, dt, node)
+                        out if op.saves_ans else None, (out.shape[nb:], dt, dev))
+    result = Tensor._make(out, dev, dt, node)
+    if nb:
+        result._nb = nb
+    if dual and op.differentiable and _forward.active():
+        result._tangent = _forward.tangent(op, args, result, params)
+    return result
+
+
+# ----- batched arrays: a leading batch dim the logical shapes do not show ----------------
+def _batched(op, args, arrays, params, dev):
+    """Run `op` on arrays of which some carry one leading batch dim (Tensor._nb == 1)."""
+    xp = _device.array_module(dev)
+    impl = op.impl if dev.type == "cpu" else (op.gpu or op.impl)
+    flags = [isinstance(a, Tensor) and a._nb > 0 for a in args]
+    with _device.use(dev):
+        if op.batch_rule is not None:
+            return op.batch_rule(xp, impl, args, arrays, flags, params)
+        if op.elementwise:
+            # align logical ranks so broadcasting never pairs the batch dim with a data dim
+            rank = max(a.ndim for a in args if isinstance(a, Tensor))
+            arrays = [_lift(arr, rank - a.ndim) if f else arr
+                      for a, arr, f in zip(args, arrays, flags)]
+            out = impl(xp, *arrays, **params)
+            return xp.asarray(out)
+        # Any other op: one call per batch element (correct for every op; ops that matter
+        # for speed declare a batch_rule instead).
+        size = next(arr.shape[0] for arr, f in zip(arrays, flags) if f)
+        outs = [xp.asarray(impl(xp, *[arr[b] if f else arr for arr, f in zip(arrays, flags)],
+                                **params)) for b in range(size)]
+        return xp.stack(outs) if outs else xp.empty((0,))
+
+
+def _lift(arr, extra):
+    """(B, *s) -> (B, 1 x extra, *s)."""
+    return arr if extra <= 0 else arr.reshape(arr.shape[:1] + (1,) * extra + arr.shape[1:])
+
+
+def shift_dims_rule(xp, impl, args, arrays, flags, params):
+    """batch_rule for single-input ops whose `dim` param is a normalised int or tuple."""
+    p = dict(params)
+    d = p.get("dim")
+    if isinstance(d, tuple):
+        p["dim"] = tuple(i + 1 for i in d)
+    elif d is not None:
+        p["dim"] = d + 1
+    return xp.asarray(impl(xp, *arrays, **p))
+
+
+def _explain(op, tensors, exc):
+    """PyTorch's RuntimeError for operands that do not broadcast; other array-library
+    ValueErrors become a RuntimeError that names the op."""
+    from ._util import broadcast_shapes
+    if op.elementwise and len(tensors) > 1:
+        shape = tensors[0].shape
+        for t in tensors[1:]:
+            try:
+                shape = broadcast_shapes(shape, t.shape)
+            except RuntimeError as err:
+                return err
+    return RuntimeError(f"{op.name}: {exc}")
 
 
 def _reconcile(op, tensors):

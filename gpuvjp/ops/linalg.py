@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import shape as _shape
+from ..autograd._forward import defjvp
 from ._registry import defop, defvjp
 from ._util import broadcast_shapes
 
@@ -62,6 +63,37 @@ def matmul_vjp_y(g, ans, x, y):
 
 
 defvjp(matmul_, matmul_vjp_x, matmul_vjp_y)
+defjvp(matmul_, lambda t, ans, x, y: matmul_(t, y), lambda t, ans, x, y: matmul_(x, t))
+
+
+def matmul_batch_rule(xp, impl, args, arrays, flags, params):
+    """x @ y where either carries a leading batch dim B: 1-D operands become matrices, the
+    batched one gets singleton batch dims so B lines up with nothing else, and the matrix
+    dims added for 1-D operands are dropped again."""
+    x, y = args
+    ax, ay = arrays
+    if x.ndim == 1:
+        ax = ax[..., None, :]
+    if y.ndim == 1:
+        ay = ay[..., :, None]
+    rank = max(max(x.ndim, 2), max(y.ndim, 2))
+    ax = _lift_batched(ax, flags[0], rank - max(x.ndim, 2))
+    ay = _lift_batched(ay, flags[1], rank - max(y.ndim, 2))
+    out = xp.matmul(ax, ay)
+    if y.ndim == 1:
+        out = out[..., 0]
+    if x.ndim == 1:
+        out = out[..., 0] if y.ndim == 1 else out[..., 0, :]
+    return out
+
+
+def _lift_batched(a, batched, extra):
+    if not batched or extra <= 0:
+        return a
+    return a.reshape(a.shape[:1] + (1,) * extra + a.shape[1:])
+
+
+matmul_.batch_rule = matmul_batch_rule
 
 
 def matmul(input, other):

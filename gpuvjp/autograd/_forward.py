@@ -1,0 +1,95 @@
+"""Forward mode: a tangent carried beside each tensor, and the rules that push it through ops.
+
+A tensor whose `_tangent` is set is dual; while a dual level is open, `apply` gives every op's
+output the tangent computed by the op's forward rule. Elementwise ops need no rule of their
+own: their Jacobian is diagonal, so their vjp rules applied to a tangent give its image.
+"""
+
+from __future__ import annotations
+
+import threading
+
+__all__ = ["active", "tangent", "defjvp", "deflinear", "levels"]
+
+_state = threading.local()
+
+
+def levels() -> int:
+    return getattr(_state, "levels", 0)
+
+
+def active() -> bool:
+    return levels() > 0 and not getattr(_state, "suspended", False)
+
+
+def enter():
+    _state.levels = levels() + 1
+    return _state.levels - 1
+
+
+def exit_():
+    _state.levels = max(levels() - 1, 0)
+
+
+def tangent(op, args, ans, params):
+    """The output tangent of `op` applied to dual `args`."""
+    from ..ops import shape as _shape
+
+    rule = op.jvp
+    if rule is None:
+        if not (op.elementwise and op.vjps is not None):
+            raise RuntimeError(f"Trying to use forward AD with {op.name} that does not "
+                               "support it: no forward-mode rule is declared for this op")
+        rule = _elementwise
+    _state.suspended = True
+    try:
+        t = rule(op, args, ans, params)
+        if t is not None:
+            if t.shape != ans.shape:
+                t = _shape.expand(t, *ans.shape)
+            if t._dtype is not ans._dtype:
+                t = _shape.to_dtype(t, ans._dtype)
+    finally:
+        _state.suspended = False
+    return t
+
+
+def _tangents(args):
+    return [getattr(a, "_tangent", None) for a in args]
+
+
+def _elementwise(op, args, ans, params):
+    total = None
+    for i, t in enumerate(_tangents(args)):
+        if t is None or op.vjps[i] is None:
+            continue
+        c = op.vjps[i](t, ans, *args, **params)
+        if c is not None:
+            total = c if total is None else total + c
+    return total
+
+
+def defjvp(op, *rules):
+    """One rule per positional input: rule(t, ans, *inputs, **params) -> the output tangent
+    contributed by that input's tangent `t` (None: no contribution)."""
+    def jvp(op_, args, ans, params):
+        total = None
+        for i, t in enumerate(_tangents(args)):
+            if t is None or i >= len(rules) or rules[i] is None:
+                continue
+            c = rules[i](t, ans, *args, **params)
+            if c is not None:
+                total = c if total is None else total + c
+        return total
+    op.jvp = jvp
+    return op
+
+
+def deflinear(*ops):
+    """Ops linear in their one tensor input (reshape, sum, indexing...): the tangent goes
+    through the op itself."""
+    def jvp(op_, args, ans, params):
+        t = args[0]._tangent
+        return None if t is None else op_(t, *args[1:], **params)
+    for op in ops:
+        op.jvp = jvp
