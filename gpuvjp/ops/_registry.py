@@ -250,7 +250,8 @@ def _promote(op, args, tensors, dev):
     from . import shape as _shape
 
     first = tensors[0]._dtype
-    if len(tensors) == len(args) and all(t._dtype is first and t._dev is dev for t in tensors):
+    if len(tensors) == len(args) and (op.promote is not FLOAT or first.is_floating_point) \
+            and all(t._dtype is first and t._dev is dev for t in tensors):
         return args
     dt = _dtype.result_type(*args)
     if op.promote is FLOAT and not dt.is_floating_point:

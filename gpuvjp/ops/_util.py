@@ -27,7 +27,8 @@ def norm_dims(dim, ndim):
     if isinstance(dim, (list, tuple)):
         dims = tuple(norm_dim(d, ndim) for d in dim)
         if len(set(dims)) != len(dims):
-            raise RuntimeError(f"dim {dims} appears multiple times in the list of dims")
+            dup = next(d for d in dims if dims.count(d) > 1)
+            raise RuntimeError(f"dim {dup} appears multiple times in the list of dims")
         if ndim == 0:
             return ()
         return tuple(sorted(dims))

@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from ._registry import FLOAT, KEEP, defop, defvjp, fused
+from ._util import broadcast_shapes
 
 # ----- add, sub, mul ---------------------------------------------------------------------------
-add_ = defop("add", np.add, saves_ans=False)
+add_ = defop("add", np.add, saves_ans=False,
+             saves_inputs=False)
 defvjp(add_, lambda g, ans, x, y: g, lambda g, ans, x, y: g)
 
-sub_ = defop("sub", np.subtract, saves_ans=False)
+sub_ = defop("sub", np.subtract, saves_ans=False,
+             saves_inputs=False)
 defvjp(sub_, lambda g, ans, x, y: g, lambda g, ans, x, y: -g)
 
 mul = defop("mul", np.multiply, saves_ans=False)
@@ -64,6 +67,30 @@ def _pow_dy_of_dx(x, y):
 def pow(input, exponent):
     """Same as `torch.pow`."""
     return pow_(input, exponent)
+
+
+# ----- atan2 -----------------------------------------------------------------------------------
+# z = atan2(x, y) = atan(x / y), dz/dx = y / (x^2 + y^2), dz/dy = -x / (x^2 + y^2); both 0 at
+# x = y = 0, where PyTorch masks 1 / (x^2 + y^2) (its second order is NaN there, and so is ours)
+def _atan2_recip(x, y):
+    from .unary import reciprocal
+    denom = x * x + y * y
+    return where(eq(denom, 0), 0.0, reciprocal(denom))
+
+
+atan2_ = defop("atan2", np.arctan2, promote=FLOAT, saves_ans=False)
+defvjp(atan2_, lambda g, ans, x, y: g * y * _atan2_recip(x, y),
+               lambda g, ans, x, y: g * -x * _atan2_recip(x, y))
+
+
+def atan2(input, other):
+    """Same as `torch.atan2` (a python scalar `other` is also accepted)."""
+    if hasattr(input, "_dev") and hasattr(other, "_dev"):
+        broadcast_shapes(input.shape, other.shape)      # PyTorch's RuntimeError, not NumPy's
+    return atan2_(input, other)
+
+
+arctan2 = atan2
 
 
 # ----- maximum, minimum, where -----------------------------------------------------------------

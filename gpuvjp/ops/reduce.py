@@ -9,8 +9,10 @@ import numpy as np
 from .._lazy import Pending
 from . import _kernels
 from . import shape as _shape
-from ._registry import KEEP, defop, defvjp
+from ._registry import FLOAT, KEEP, defop, defvjp
 from ._util import norm_dims
+from .binary import eq, logical_and, logical_or, maximum, minimum, ne, where
+from .unary import abs_, exp, sign
 
 
 def _acc_dtype(a):
@@ -49,7 +51,8 @@ def keep(g, dims, keepdim, shape):
 
 # ----- sum -------------------------------------------------------------------------------------
 # y = sum(x, dims); the gradient is g broadcast back over the reduced dims (a view, no copy)
-sum_op = defop("sum", _sum_impl, promote=KEEP, saves_ans=False)
+sum_op = defop("sum", _sum_impl, promote=KEEP, saves_ans=False,
+               saves_inputs=False)
 sum_op.gpu = _sum_gpu
 sum_op.takes_pending = True
 defvjp(sum_op, lambda g, ans, x, dim, keepdim: keep(g, dim, keepdim, x.shape))
@@ -84,3 +87,467 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
     return s / n if n else s * float("nan")
 
 
+# ----- shared by the reductions below ----------------------------------------------------------
+def _reduce_dims(dim, ndim):
+    """norm_dims, except that an empty dim list reduces every dim (PyTorch)."""
+    if isinstance(dim, (list, tuple)) and len(dim) == 0:
+        return tuple(range(ndim))
+    return norm_dims(dim, ndim)
+
+
+def _check_nonempty(name, x, dims, dim_given):
+    """PyTorch's errors for a max-like reduction over an empty slice (no identity)."""
+    if x.numel() != 0:
+        return
+    if not dim_given:
+        if name.startswith("arg"):
+            raise IndexError(
+                f"{name}(): Expected reduction dim to be specified for input.numel() == 0.")
+        raise RuntimeError(
+            f"{name}(): Expected reduction dim to be specified for input.numel() == 0. "
+            "Specify the reduction dim with the 'dim' argument.")
+    for d in dims:
+        if x.shape[d] == 0:
+            raise IndexError(f"{name}(): Expected reduction dim {d} to have non-zero size.")
+
+
+def _acc_float(a):
+    """float16 data computes in float32 (rounded once at the end, as PyTorch)."""
+    return a.astype(np.float32) if a.dtype == np.float16 else a
+
+
+def _cast_back(out, a):
+    return out.astype(a.dtype) if out.dtype != a.dtype else out
+
+
+def _numel(shape, dims):
+    return math.prod(shape[d] for d in dims)
+
+
+def _any_zero(x):
+    """True when some element of x is 0 (one host sync, as PyTorch's prod backward)."""
+    return bool((x._array() == 0).any())
+
+
+# ----- prod ------------------------------------------------------------------------------------
+# y = prod(x), dy/dx_i = prod_{j != i} x_j. Without zeros that is y / x_i. With zeros the rule
+# splits x into its zeros Z and the rest N: for i in N it is prod(N) / x_i * prod(Z), for i in Z
+# it is prod(N) * prod(Z \ {i}), written so that the result is also right at second order.
+def _prod_impl(xp, x, dim, keepdim):
+    out = xp.prod(x, axis=dim, keepdims=keepdim, dtype=_acc_dtype(x))
+    return out.astype(np.float16) if x.dtype == np.float16 else out
+
+
+prod_op = defop("prod", _prod_impl, promote=KEEP)
+
+
+def prod_vjp(g, ans, x, dim, keepdim):
+    g, ans = keep(g, dim, keepdim, x.shape), keep(ans, dim, keepdim, x.shape)
+    if not _any_zero(x):
+        return g * (ans / x)
+    zero = eq(x, 0)
+    xn, xz = where(zero, 1.0, x), where(zero, x, 1.0)       # the non-zeros, the zeros
+    pn = prod_op(xn, dim=dim, keepdim=True)
+    pz = prod_op(xz, dim=dim, keepdim=True)
+    nz = sum_op(zero, dim=dim, keepdim=True)
+    # prod(Z \ {i}) for i in Z: 1 for one zero, the other zero for two, 0 beyond (exact
+    # derivatives for first and second order)
+    other = sum_op(where(zero, x, 0.0), dim=dim, keepdim=True) - x
+    rest = where(eq(nz, 1), 1.0, where(eq(nz, 2), other, 0.0))
+    return g * where(zero, pn * rest, pn / xn * pz)
+
+
+defvjp(prod_op, prod_vjp)
+
+
+def prod(input, dim=None, keepdim=False, *, dtype=None):
+    """Same as `torch.prod` (integers and bool multiply in int64)."""
+    if dtype is not None:
+        input = _shape.to_dtype(input, dtype)
+    if dim is None:
+        dims = tuple(range(input.ndim))
+    else:
+        dims = norm_dims(_norm_int_dim(dim, "prod"), input.ndim)
+    return prod_op(input, dim=dims, keepdim=bool(keepdim))
+
+
+def _norm_int_dim(dim, name):
+    if isinstance(dim, (list, tuple)):
+        raise TypeError(f"{name}() received an invalid combination of arguments - got "
+                        f"(dim={type(dim).__name__}): dim must be an int")
+    return dim
+
+
+# ----- amax, amin ------------------------------------------------------------------------------
+# y = max(x, dims); the gradient is split evenly among the elements equal to the max (ties).
+def _amax_impl(xp, x, dim, keepdim):
+    return xp.amax(x, axis=dim, keepdims=keepdim)
+
+
+def _amin_impl(xp, x, dim, keepdim):
+    return xp.amin(x, axis=dim, keepdims=keepdim)
+
+
+def extremum_vjp(g, ans, x, dim, keepdim):
+    g, ans = keep(g, dim, keepdim, x.shape), keep(ans, dim, keepdim, x.shape)
+    mask = eq(x, ans)
+    return (g / sum_op(mask, dim=dim, keepdim=True)) * mask
+
+
+amax_op = defop("amax", _amax_impl, promote=KEEP)
+defvjp(amax_op, extremum_vjp)
+amin_op = defop("amin", _amin_impl, promote=KEEP)
+defvjp(amin_op, extremum_vjp)
+
+
+def amax(input, dim=(), keepdim=False):
+    """Same as `torch.amax`."""
+    dims = _reduce_dims(dim, input.ndim)
+    _check_nonempty("amax", input, dims, dim is not None and dim != () and dim != [])
+    return amax_op(input, dim=dims, keepdim=bool(keepdim))
+
+
+def amin(input, dim=(), keepdim=False):
+    """Same as `torch.amin`."""
+    dims = _reduce_dims(dim, input.ndim)
+    _check_nonempty("amin", input, dims, dim is not None and dim != () and dim != [])
+    return amin_op(input, dim=dims, keepdim=bool(keepdim))
+
+
+# ----- max, min --------------------------------------------------------------------------------
+# Without dim: the value, its gradient split evenly among the maxima (NaN counts as the max when
+# the result is NaN), as PyTorch. With dim: (values, indices); indices pick the first maximum
+# and the gradient flows to that element only.
+def _max_all_impl(xp, x):
+    return xp.max(x)
+
+
+def _min_all_impl(xp, x):
+    return xp.min(x)
+
+
+def max_all_vjp(g, ans, x):
+    mask = logical_or(eq(x, ans), logical_and(ne(x, x), ne(ans, ans)))
+    return mask * (g / sum_op(mask, dim=tuple(range(x.ndim)), keepdim=False))
+
+
+max_all = defop("max", _max_all_impl, promote=KEEP)
+defvjp(max_all, max_all_vjp)
+min_all = defop("min", _min_all_impl, promote=KEEP)
+defvjp(min_all, max_all_vjp)
+
+
+def _arg_impl(xp, x, dim, keepdim, largest):
+    if dim is None:
+        out = (xp.argmax if largest else xp.argmin)(x.reshape(-1))
+        out = xp.asarray(out, dtype=np.int64)
+        return out.reshape((1,) * x.ndim) if keepdim else out
+    if x.ndim == 0:
+        return xp.zeros((), dtype=np.int64)
+    out = (xp.argmax if largest else xp.argmin)(x, axis=dim).astype(np.int64, copy=False)
+    return xp.expand_dims(out, dim) if keepdim else out
+
+
+_arg_op = defop("argextremum", _arg_impl, promote=KEEP, differentiable=False)
+
+
+def argmax(input, dim=None, keepdim=False):
+    """Same as `torch.argmax` (the first maximum; NaN counts as the maximum)."""
+    return _arg(input, dim, keepdim, True, "argmax")
+
+
+def argmin(input, dim=None, keepdim=False):
+    """Same as `torch.argmin`."""
+    return _arg(input, dim, keepdim, False, "argmin")
+
+
+def _arg(input, dim, keepdim, largest, name):
+    if input._dtype.name == "bool":
+        raise RuntimeError(f"{name}(): does not support bool input")
+    if dim is not None:
+        dims = norm_dims(_norm_int_dim(dim, name), input.ndim)
+        _check_nonempty(name, input, dims, True)
+        dim = dims[0] if dims else 0
+    else:
+        _check_nonempty(name, input, (), False)
+    return _arg_op(input, dim=dim, keepdim=bool(keepdim), largest=largest)
+
+
+# values = x at the chosen index along dim; the gradient lands on that element (a one-hot
+# mask built from the index, so the rule is itself differentiable in g).
+def _select_impl(xp, x, index, dim, keepdim):
+    out = xp.take_along_axis(x, xp.expand_dims(index, dim), axis=dim)
+    return out if keepdim else xp.squeeze(out, axis=dim)
+
+
+def select_vjp(g, ans, x, index, dim, keepdim):
+    from .._creation import arange
+    n = x.shape[dim]
+    iota = _shape.reshape_(arange(n, device=x.device),
+                           shape=tuple(n if d == dim else 1 for d in range(x.ndim)))
+    if not keepdim:
+        g = _shape.unsqueeze(g, dim)
+    return where(eq(iota, _shape.unsqueeze(index, dim)), g, 0.0)
+
+
+select_op = defop("select_along", _select_impl, promote=KEEP, saves_ans=False)
+defvjp(select_op, select_vjp, None)
+
+
+class _ReturnType(tuple):
+    """(values, indices), also readable as .values and .indices (torch.return_types)."""
+
+    __slots__ = ()
+    _name = "max"
+
+    def __new__(cls, values, indices):
+        return tuple.__new__(cls, (values, indices))
+
+    @property
+    def values(self):
+        return self[0]
+
+    @property
+    def indices(self):
+        return self[1]
+
+    def __repr__(self):
+        return f"gpuvjp.return_types.{self._name}(\nvalues={self[0]!r},\nindices={self[1]!r})"
+
+
+class max_return(_ReturnType):
+    _name = "max"
+
+
+class min_return(_ReturnType):
+    _name = "min"
+
+
+def _max_min(input, dim, keepdim, largest):
+    name = "max" if largest else "min"
+    if hasattr(dim, "_dev"):                      # torch.max(input, other)
+        if keepdim:
+            raise TypeError(f"{name}() received an invalid combination of arguments")
+        return (maximum if largest else minimum)(input, dim)
+    if dim is None:
+        if keepdim:
+            raise TypeError(f"{name}() received an invalid combination of arguments - got "
+                            "(keepdim=bool), but expected (int dim, bool keepdim)")
+        _check_nonempty(name, input, (), False)
+        return (max_all if largest else min_all)(input)
+    dims = norm_dims(_norm_int_dim(dim, name), input.ndim)
+    _check_nonempty(name, input, dims, True)
+    x = input if input.ndim else _shape.reshape_(input, shape=(1,))
+    d = dims[0] if dims else 0
+    index = _arg_op(x, dim=d, keepdim=False, largest=largest)
+    values = select_op(x, index, dim=d, keepdim=bool(keepdim) and input.ndim > 0)
+    cls = max_return if largest else min_return
+    return cls(values, index if not (keepdim and input.ndim) else _shape.unsqueeze(index, d))
+
+
+def max_(input, dim=None, keepdim=False):
+    """Same as `torch.max`: the maximum; with `dim`, (values, indices); with a tensor, maximum."""
+    return _max_min(input, dim, keepdim, True)
+
+
+def min_(input, dim=None, keepdim=False):
+    """Same as `torch.min`."""
+    return _max_min(input, dim, keepdim, False)
+
+
+# ----- logsumexp -------------------------------------------------------------------------------
+# y = m + log(sum(exp(x - m))) with m the max (0 where it is infinite), dy/dx = exp(x - y).
+def _logsumexp_impl(xp, x, dim, keepdim):
+    a = _acc_float(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if a.size == 0:
+            return _cast_back(xp.log(xp.sum(xp.exp(a), axis=dim, keepdims=keepdim)), x)
+        m = xp.amax(a, axis=dim, keepdims=True)
+        m = xp.where(xp.isinf(m), xp.zeros_like(m), m)
+        out = xp.log(xp.sum(xp.exp(a - m), axis=dim, keepdims=keepdim))
+        out += m if keepdim else xp.squeeze(m, axis=dim)
+    return _cast_back(out, x)
+
+
+def logsumexp_vjp(g, ans, x, dim, keepdim):
+    return keep(g, dim, keepdim, x.shape) * exp(x - keep(ans, dim, keepdim, x.shape))
+
+
+logsumexp_op = defop("logsumexp", _logsumexp_impl, promote=FLOAT)
+defvjp(logsumexp_op, logsumexp_vjp)
+
+
+def logsumexp(input, dim, keepdim=False):
+    """Same as `torch.logsumexp` (an empty dim list reduces every dim)."""
+    return logsumexp_op(input, dim=_reduce_dims(dim, input.ndim), keepdim=bool(keepdim))
+
+
+# ----- norm ------------------------------------------------------------------------------------
+# The vector p-norm over dims; the rules are PyTorch's, with a zero gradient where the norm is 0.
+def _norm_impl(xp, x, p, dim, keepdim):
+    a = _acc_float(x)
+    if p == 2:
+        return _cast_back(xp.sqrt(xp.sum(a * a, axis=dim, keepdims=keepdim)), x)
+    a = xp.abs(a)
+    if p == 1:
+        out = xp.sum(a, axis=dim, keepdims=keepdim)
+    elif p == math.inf:
+        out = xp.amax(a, axis=dim, keepdims=keepdim)
+    elif p == -math.inf:
+        out = xp.amin(a, axis=dim, keepdims=keepdim)
+    elif p == 0:
+        out = xp.sum(a != 0, axis=dim, keepdims=keepdim).astype(a.dtype)
+    else:
+        with np.errstate(divide="ignore"):
+            out = xp.sum(a ** p, axis=dim, keepdims=keepdim) ** (1.0 / p)
+    return _cast_back(out, x)
+
+
+def norm_vjp(g, ans, x, p, dim, keepdim):
+    g, ans = keep(g, dim, keepdim, x.shape), keep(ans, dim, keepdim, x.shape)
+    if p == 0:
+        return g * 0
+    if p == 1:
+        return sign(x) * g
+    if p == 2:
+        return g * where(eq(ans, 0), 0.0, x / ans)
+    if math.isinf(p):
+        ax = abs_(x)
+        mask = logical_or(eq(ax, ans), ne(ax, ax))
+        return sign(x) * ((g / sum_op(mask, dim=dim, keepdim=True)) * mask)
+    if p < 1:
+        scaled = sign(x) * where(eq(x, 0), 0.0, abs_(x) ** (p - 1))
+        return scaled * g * ans ** (1 - p)
+    scaled = sign(x) * abs_(x) ** (p - 1) if p < 2 else x * abs_(x) ** (p - 2)
+    return scaled * where(eq(ans, 0), 0.0, g / ans ** (p - 1))
+
+
+norm_op = defop("norm", _norm_impl, promote=KEEP)
+defvjp(norm_op, norm_vjp)
+
+
+def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
+    """Same as `torch.norm` for vector norms (p a number, or "fro" over at most two dims)."""
+    if dtype is not None:
+        input = _shape.to_dtype(input, dtype)
+    if isinstance(p, str):
+        if p != "fro" or (isinstance(dim, (list, tuple)) and len(dim) > 2):
+            if p == "nuc":
+                raise NotImplementedError("gpuvjp: norm(p='nuc') (the nuclear norm) is not "
+                                          "supported")
+            if p == "fro":
+                raise RuntimeError("linalg.matrix_norm: dim must be a 2-tuple. Got "
+                                   + " ".join(str(d) for d in dim))
+            raise RuntimeError(f"linalg.matrix_norm: Order {p} not supported.")
+        p = 2
+    p = float(p)
+    if not input._dtype.is_floating_point:
+        raise RuntimeError("linalg.vector_norm: Expected a floating point or complex tensor as "
+                           f"input. Got {input._dtype.name.capitalize()}")
+    dims = _reduce_dims(dim, input.ndim)
+    if (p < 0 or math.isinf(p)) and input.numel() == 0:
+        shown = ("inf" if p > 0 else "-inf") if math.isinf(p) else f"{p:g}"
+        for d in dims if dim is not None else ():
+            if input.shape[d] == 0:
+                raise RuntimeError(
+                    f"linalg.vector_norm cannot compute the {shown} norm on the dimension {d}"
+                    "because this dimension is empty and the operation does not have an "
+                    "identity")
+        if dim is None:
+            raise RuntimeError(f"linalg.vector_norm cannot compute the {shown} norm on an empty "
+                               "tensor because the operation does not have an identity")
+    return norm_op(input, p=p, dim=dims, keepdim=bool(keepdim))
+
+
+# ----- var, std --------------------------------------------------------------------------------
+# var = sum((x - mean)^2) / max(0, N - correction); dvar/dx = 2 (x - mean) / (N - correction).
+# std = sqrt(var), its gradient 0 where std is 0 (PyTorch).
+def _var_impl(xp, x, dim, correction, keepdim, full):
+    a = _acc_float(x)
+    n = _numel(x.shape, dim)
+    if n - correction > 0:
+        out = xp.var(a, axis=dim, ddof=correction, keepdims=keepdim)
+    else:          # PyTorch divides by max(0, dof): inf, or NaN for an empty or constant slice
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = a - xp.sum(a, axis=dim, keepdims=True) / max(n, 1)
+            out = xp.sum(c * c, axis=dim, keepdims=keepdim) / a.dtype.type(0)
+    return _cast_back(xp.asarray(out), x)
+
+
+def _std_impl(xp, x, dim, correction, keepdim, full):
+    return xp.sqrt(_var_impl(xp, x, dim, correction, keepdim, full))
+
+
+def var_vjp(g, ans, x, dim, correction, keepdim, full):
+    g = keep(g, dim, keepdim, x.shape)
+    centered = x - mean(x, dim=dim, keepdim=True)
+    dof = _numel(x.shape, dim) - correction
+    if full and dof <= 0:
+            return g * where(eq(centered, 0), math.nan, math.inf)
+    scale = 2.0 / dof if dof != 0 else math.inf
+    return scale * g * centered
+
+
+def std_vjp(g, ans, x, dim, correction, keepdim, full):
+    return var_vjp(where(eq(ans, 0), 0.0, g / (ans * 2)), None, x, dim, correction, keepdim,
+                   full)
+
+
+var_op = defop("var", _var_impl, promote=KEEP, saves_ans=False)
+defvjp(var_op, var_vjp)
+std_op = defop("std", _std_impl, promote=KEEP)
+defvjp(std_op, std_vjp)
+
+
+def _var_args(name, input, dim, unbiased, correction):
+    if isinstance(dim, bool):                       # var(input, unbiased)
+        if unbiased is not None:
+            raise TypeError(f"{name}() received an invalid combination of arguments")
+        dim, unbiased = None, dim
+    if unbiased is not None and correction is not None:
+        raise TypeError(f"{name}() received an invalid combination of arguments - got "
+                        "(correction=..., unbiased=...): pass one of them")
+    if correction is None:
+        correction = 0 if unbiased is False else 1
+    if not input._dtype.is_floating_point:
+        raise RuntimeError("std and var only support floating point and complex dtypes")
+    full = dim is None or input.ndim == 0
+    return _reduce_dims(dim, input.ndim), correction, full
+
+
+def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    """Same as `torch.var` (`correction`, or the older `unbiased`)."""
+    dims, c, full = _var_args("var", input, dim, unbiased, correction)
+    return var_op(input, dim=dims, correction=c, keepdim=bool(keepdim), full=full)
+
+
+def std(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    """Same as `torch.std` (`correction`, or the older `unbiased`)."""
+    dims, c, full = _var_args("std", input, dim, unbiased, correction)
+    return std_op(input, dim=dims, correction=c, keepdim=bool(keepdim), full=full)
+
+
+# ----- cumsum ----------------------------------------------------------------------------------
+# y_i = sum_{j <= i} x_j; the gradient is the reversed cumulative sum of g, and back again.
+def _cumsum_impl(xp, x, dim, reverse):
+    acc = _acc_dtype(x)
+    if x.ndim == 0:
+        return x.astype(np.int64 if x.dtype.kind in "bi" else x.dtype, copy=True)
+    if reverse:
+        x = xp.flip(x, axis=dim)
+    out = xp.cumsum(x, axis=dim, dtype=acc)
+    if reverse:
+        out = xp.ascontiguousarray(xp.flip(out, axis=dim))
+    return out.astype(np.float16) if x.dtype == np.float16 else out
+
+
+cumsum_op = defop("cumsum", _cumsum_impl, promote=KEEP, saves_ans=False)
+defvjp(cumsum_op, lambda g, ans, x, dim, reverse: cumsum_op(g, dim=dim, reverse=not reverse))
+
+
+def cumsum(input, dim, *, dtype=None):
+    """Same as `torch.cumsum` (integers and bool sum in int64)."""
+    if dtype is not None:
+        input = _shape.to_dtype(input, dtype)
+    d = norm_dims(_norm_int_dim(dim, "cumsum"), input.ndim)
+    return cumsum_op(input, dim=d[0] if d else 0, reverse=False)

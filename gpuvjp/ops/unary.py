@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._registry import FLOAT, defop, defvjp, fused
+
+
+def _in_float(x, fn, *rest):
+    """fn(x, *rest) computed in float32 for float16 arrays and rounded once, as the kernels do."""
+    if x.dtype == np.float16:
+        rest = (np.asarray(r, dtype=np.float32) for r in rest)
+        return fn(x.astype(np.float32), *rest).astype(np.float16)
+    return fn(x, *rest)
 
 
 def _stable_sigmoid(x):
@@ -14,7 +24,8 @@ def _stable_sigmoid(x):
 
 
 # ----- neg ---------------------------------------------------------------------------------
-neg = defop("neg", np.negative, saves_ans=False)
+neg = defop("neg", np.negative, saves_ans=False,
+            saves_inputs=False)
 defvjp(neg, lambda g, ans, x: -g)
 
 # ----- exp -----------------------------------------------------------------------------------
@@ -76,3 +87,75 @@ defvjp(sign, lambda g, ans, x: g * 0)
 
 abs_ = defop("abs", np.absolute, saves_ans=False)
 defvjp(abs_, lambda g, ans, x: g * sign(x))
+
+# ----- exp2, log2 ------------------------------------------------------------------------------
+# y = 2^x, dy/dx = y ln 2;  y = log2(x), dy/dx = 1 / (x ln 2)
+_LN2 = math.log(2.0)
+
+exp2 = defop("exp2", np.exp2, promote=FLOAT)
+defvjp(exp2, lambda g, ans, x: g * ans * _LN2)
+
+log2 = defop("log2", np.log2, promote=FLOAT, saves_ans=False)
+defvjp(log2, lambda g, ans, x: g / (x * _LN2))
+
+# ----- log1p, expm1 ----------------------------------------------------------------------------
+# y = log(1 + x), dy/dx = 1 / (1 + x);  y = exp(x) - 1, dy/dx = y + 1 (accurate near 0)
+log1p = defop("log1p", np.log1p, promote=FLOAT, saves_ans=False)
+defvjp(log1p, lambda g, ans, x: g / (x + 1))
+
+expm1 = defop("expm1", np.expm1, promote=FLOAT)
+defvjp(expm1, lambda g, ans, x: g * (ans + 1))
+
+# ----- rsqrt, reciprocal, square -----------------------------------------------------------------
+# y = x^(-1/2), dy/dx = -y^3 / 2. One launch on the GPU instead of sqrt then divide.
+rsqrt = fused("rsqrt_fwd", "unary", "T x", "T y", promote=FLOAT,
+              twin=lambda x: _in_float(x, lambda a: 1 / np.sqrt(a)))
+rsqrt.name = "rsqrt"
+defvjp(rsqrt, lambda g, ans, x: -0.5 * g * (ans * ans * ans))
+
+# y = 1 / x, dy/dx = -y^2
+reciprocal = defop("reciprocal", np.reciprocal, promote=FLOAT)
+defvjp(reciprocal, lambda g, ans, x: -g * (ans * ans))
+
+# y = x^2, dy/dx = 2 x; integers stay integers and bool squares to int64, as PyTorch
+square_ = defop("square", np.square, saves_ans=False)
+defvjp(square_, lambda g, ans, x: g * (2 * x))
+
+
+def square(input):
+    """Same as `torch.square`."""
+    if input._dtype.name == "bool":
+        from .shape import to_dtype
+        input = to_dtype(input, "int64")
+    return square_(input)
+
+
+# ----- tan -------------------------------------------------------------------------------------
+# y = tan(x), dy/dx = 1 + y^2
+tan = defop("tan", np.tan, promote=FLOAT)
+defvjp(tan, lambda g, ans, x: g * (1 + ans * ans))
+
+# ----- erf -------------------------------------------------------------------------------------
+# y = erf(x), dy/dx = 2/sqrt(pi) exp(-x^2). NumPy has no erf: the twin calls math.erf (glibc's,
+# correctly rounded to float64 within an ulp) element by element; the GPU runs CUDA's erf.
+_erf_scalar = np.frompyfunc(math.erf, 1, 1)
+
+
+def _erf_twin(x):
+    out = _erf_scalar(x.astype(np.float64, copy=False))
+    return np.asarray(out, dtype=np.float64).astype(x.dtype, copy=False)
+
+
+_TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)
+
+
+def _erf_bwd_twin(g, x):
+    return _in_float(g, lambda a, b: a * (_TWO_OVER_SQRT_PI * np.exp(-b * b)), x)
+
+
+erf = fused("erf_fwd", "unary", "T x", "T y", twin=_erf_twin, promote=FLOAT, saves_ans=False)
+erf.name = "erf"
+erf_bwd = fused("erf_bwd", "unary", "T g, T x", "T gx", twin=_erf_bwd_twin)
+defvjp(erf, lambda g, ans, x: erf_bwd(g, x))
+defvjp(erf_bwd, lambda gg, _, g, x: erf_bwd(gg, x),            # linear in g
+                lambda gg, _, g, x: -2 * x * erf_bwd(gg * g, x))

@@ -104,7 +104,7 @@ def adder(x, y):
 
 def test_doc_exp_reducer(device, rng):
     x = rng.uniform(0, 1, (4, 4))
-    got, want = both(lambda L: L.vjp(exp_reducer, L.t(x), L.m.ones(4, dtype=L.m.float64)),
+    got, want = both(lambda L: L.vjp(exp_reducer, L.t(x), L.t(np.ones(4))),
                      device)
     assert_same_result(got, want)
     np.testing.assert_allclose(got[1].numpy(), np.exp(x), rtol=RTOL)
@@ -115,7 +115,7 @@ def test_doc_exp_reducer_create_graph(device, rng):
 
     def program(L):
         xt = L.t(x, requires_grad=True)
-        out, res = L.vjp(exp_reducer, xt, L.m.ones(4, dtype=L.m.float64), create_graph=True)
+        out, res = L.vjp(exp_reducer, xt, L.t(np.ones(4)), create_graph=True)
         d_out = L.grad(out.sum(), xt, retain_graph=True)
         d_res = L.grad(res.sum(), xt)
         return (out, res), d_out + d_res
@@ -129,14 +129,14 @@ def test_doc_exp_reducer_create_graph(device, rng):
 
 def test_doc_exp_reducer_create_graph_plain_input(device, rng):
     x = rng.uniform(0, 1, (4, 4))
-    got, want = both(lambda L: L.vjp(exp_reducer, L.t(x), L.m.ones(4, dtype=L.m.float64),
+    got, want = both(lambda L: L.vjp(exp_reducer, L.t(x), L.t(np.ones(4)),
                                      create_graph=True), device)
     assert_same_result(got, want)
 
 
 def test_doc_adder(device, rng):
     x, y = rng.uniform(0, 1, 2), rng.uniform(0, 1, 2)
-    got, want = both(lambda L: L.vjp(adder, (L.t(x), L.t(y)), L.m.ones(2, dtype=L.m.float64)),
+    got, want = both(lambda L: L.vjp(adder, (L.t(x), L.t(y)), L.t(np.ones(2))),
                      device)
     assert_same_result(got, want)
     np.testing.assert_array_equal(got[1][0].numpy(), np.full(2, 2.0))
