@@ -140,8 +140,6 @@ def _as_tensor(v, dt, ref):
     return full((), v, dtype=dt, device=ref.device)
 
 
-zeros_like_ = defop("zeros_like", lambda xp, x: xp.zeros_like(x), promote=KEEP,
-                    differentiable=False)
 
 # ----- clamp -----------------------------------------------------------------------------------
 # y = clamp(x, min, max); the gradient passes where min <= x <= max (inclusive, as PyTorch)
@@ -192,4 +190,4 @@ logical_or = defop("logical_or", np.logical_or, differentiable=False, out_dtype=
 logical_xor = defop("logical_xor", np.logical_xor, differentiable=False, out_dtype=_dt.bool_)
 logical_not = defop("logical_not", np.logical_not, differentiable=False, out_dtype=_dt.bool_)
 
-from .unary import log  # noqa: E402  (pow's second-order rule)
+from .unary import log, zeros_like_  # noqa: E402  (used by rules above)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ._registry import FLOAT, defop, defvjp, fused
+from ._registry import FLOAT, KEEP, defop, defvjp, fused
 
 
 def _in_float(x, fn, *rest):
@@ -23,6 +23,10 @@ def _stable_sigmoid(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
 
 
+# A zero cotangent with no history, for rules whose derivative vanishes (not a public op).
+zeros_like_ = defop("zeros_like", lambda xp, x: xp.zeros_like(x), promote=KEEP,
+                    differentiable=False, elementwise=True)
+
 # ----- neg ---------------------------------------------------------------------------------
 neg = defop("neg", np.negative, saves_ans=False,
             saves_inputs=False)
@@ -32,8 +36,8 @@ defvjp(neg, lambda g, ans, x: -g)
 # y = exp(x), dy/dx = exp(x). The first-order rule recomputes exp(x) inside one fused launch
 # instead of keeping y alive: same bytes read, and y is never stored for the backward. On the
 # GPU exp is lazy, so x.exp().sum(dim) is one reduction pass that never writes y.
-exp = fused("exp_fwd", "unary", "T x", "T y", twin=np.exp, promote=FLOAT, saves_ans=False)
-exp.name = "exp"
+exp = fused("exp_fwd", "unary", "T x", "T y", twin=np.exp, promote=FLOAT, saves_ans=False,
+            public="exp")
 exp.lazy = True
 exp_bwd = fused("exp_bwd", "unary", "T g, T x", "T gx", twin=lambda g, x: g * np.exp(x))
 defvjp(exp, lambda g, ans, x: exp_bwd(g, x))
@@ -65,8 +69,8 @@ defvjp(tanh_bwd, lambda gg, _, g, ans: tanh_bwd(gg, ans),       # linear in g
 
 # ----- sigmoid ---------------------------------------------------------------------------------
 # y = 1 / (1 + exp(-x)), dy/dx = y (1 - y); the forward never overflows exp.
-sigmoid = fused("sigmoid_fwd", "unary", "T x", "T y", twin=_stable_sigmoid, promote=FLOAT)
-sigmoid.name = "sigmoid"
+sigmoid = fused("sigmoid_fwd", "unary", "T x", "T y", twin=_stable_sigmoid, promote=FLOAT,
+                public="sigmoid")
 sigmoid_bwd = fused("sigmoid_bwd", "unary", "T g, T ans", "T gx",
                     twin=lambda g, ans: g * ans * (1 - ans))
 defvjp(sigmoid, lambda g, ans, x: sigmoid_bwd(g, ans))
@@ -74,12 +78,13 @@ defvjp(sigmoid_bwd, lambda gg, _, g, ans: sigmoid_bwd(gg, ans),
                     lambda gg, _, g, ans: gg * g * (1 - 2 * ans))
 
 # ----- relu ------------------------------------------------------------------------------------
-# y = max(x, 0), dy/dx = 1 where x > 0 else 0 (0 at the kink, as PyTorch)
-relu = defop("relu", lambda xp, x: xp.maximum(x, x.dtype.type(0)), saves_ans=False)
-relu_bwd = fused("relu_bwd", "unary", "T g, T x", "T gx",
-                 twin=lambda g, x: np.where(x > 0, g, np.zeros_like(g)))
-defvjp(relu, lambda g, ans, x: relu_bwd(g, x))
-defvjp(relu_bwd, lambda gg, _, g, x: relu_bwd(gg, x), None)
+# y = max(x, 0), dy/dx = 1 where y > 0 else 0 (0 at the kink, as PyTorch). The rule reads y,
+# as PyTorch's does, so a second derivative is zero but still connected to x.
+relu = defop("relu", lambda xp, x: xp.maximum(x, x.dtype.type(0)), elementwise=True)
+relu_bwd = fused("relu_bwd", "unary", "T g, T ans", "T gx",
+                 twin=lambda g, ans: np.where(ans > 0, g, np.zeros_like(g)))
+defvjp(relu, lambda g, ans, x: relu_bwd(g, ans))
+defvjp(relu_bwd, lambda gg, _, g, ans: relu_bwd(gg, ans), lambda gg, _, g, ans: zeros_like_(gg))
 
 # ----- abs, sign -------------------------------------------------------------------------------
 sign = defop("sign", np.sign, saves_ans=False)
@@ -108,9 +113,8 @@ defvjp(expm1, lambda g, ans, x: g * (ans + 1))
 
 # ----- rsqrt, reciprocal, square -----------------------------------------------------------------
 # y = x^(-1/2), dy/dx = -y^3 / 2. One launch on the GPU instead of sqrt then divide.
-rsqrt = fused("rsqrt_fwd", "unary", "T x", "T y", promote=FLOAT,
+rsqrt = fused("rsqrt_fwd", "unary", "T x", "T y", promote=FLOAT, public="rsqrt",
               twin=lambda x: _in_float(x, lambda a: 1 / np.sqrt(a)))
-rsqrt.name = "rsqrt"
 defvjp(rsqrt, lambda g, ans, x: -0.5 * g * (ans * ans * ans))
 
 # y = 1 / x, dy/dx = -y^2
@@ -153,8 +157,8 @@ def _erf_bwd_twin(g, x):
     return _in_float(g, lambda a, b: a * (_TWO_OVER_SQRT_PI * np.exp(-b * b)), x)
 
 
-erf = fused("erf_fwd", "unary", "T x", "T y", twin=_erf_twin, promote=FLOAT, saves_ans=False)
-erf.name = "erf"
+erf = fused("erf_fwd", "unary", "T x", "T y", twin=_erf_twin, promote=FLOAT, saves_ans=False,
+            public="erf")
 erf_bwd = fused("erf_bwd", "unary", "T g, T x", "T gx", twin=_erf_bwd_twin)
 defvjp(erf, lambda g, ans, x: erf_bwd(g, x))
 defvjp(erf_bwd, lambda gg, _, g, x: erf_bwd(gg, x),            # linear in g
