@@ -23,7 +23,8 @@ from . import cuda as cuda
 from . import nn as nn
 from .autograd import enable_grad as enable_grad, is_grad_enabled as is_grad_enabled
 from .autograd import no_grad as no_grad, set_grad_enabled as set_grad_enabled
-from .autograd.functional import vjp as vjp
+from .autograd.functional import hessian as hessian, hvp as hvp, jacobian as jacobian
+from .autograd.functional import jvp as jvp, vhp as vhp, vjp as vjp
 from .ops import *  # noqa: F401,F403  (every op, by its PyTorch name)
 from .ops import __all__ as _ops_all
 
@@ -40,4 +41,5 @@ __all__ = sorted(set(_ops_all) | {
     "rand", "randn", "manual_seed", "device", "dtype", "float16", "float32", "float64", "int32",
     "int64", "bool", "half", "float", "double", "long", "int", "get_default_dtype",
     "set_default_dtype", "get_default_device", "set_default_device", "autograd", "cuda", "nn",
-    "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "vjp"})
+    "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "vjp", "jvp", "jacobian",
+    "hessian", "vhp", "hvp"})

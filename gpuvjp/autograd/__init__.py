@@ -5,7 +5,7 @@ from __future__ import annotations
 from ._mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 
 __all__ = ["backward", "grad", "functional", "no_grad", "enable_grad", "set_grad_enabled",
-           "is_grad_enabled"]
+           "is_grad_enabled", "gradcheck", "gradgradcheck"]
 
 
 def _tensors(x, what):
@@ -144,3 +144,4 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
 
 
 from . import functional  # noqa: E402
+from .gradcheck import gradcheck, gradgradcheck  # noqa: E402

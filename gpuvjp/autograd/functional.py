@@ -1,11 +1,17 @@
-"""The torch.autograd.functional family: vjp (and, built on it, its relatives)."""
+"""The torch.autograd.functional family: vjp, jvp, jacobian, hessian, vhp, hvp."""
 
 from __future__ import annotations
 
+import math
+import operator
+import os
+
+from .. import _device
 from .._tensor import Tensor
 from . import _mode
+from ._graph import Node
 
-__all__ = ["vjp"]
+__all__ = ["vjp", "jvp", "jacobian", "hessian", "vhp", "hvp"]
 
 
 # ----- argument handling shared by the family ---------------------------------------------------
@@ -74,22 +80,40 @@ def _size(shape):
     return f"torch.Size({list(shape)})"
 
 
-def _check_requires_grad(items, strict):
+_REQUIRES_GRAD_MSG = {
+    "outputs": "Output {i} of the user-provided function does not require gradients. The "
+               "outputs must be computed in a differentiable manner from the input when "
+               "running in strict mode.",
+    "grad_inputs": "The gradient with respect to input {i} is independent of the inputs of the "
+                   "user-provided function. This is not allowed in strict mode.",
+    "jacobian": "While computing the hessian, found that the jacobian of the user-provided "
+                "function with respect to input {i} is independent of the input. This is not "
+                "allowed in strict mode. You should ensure that your function is twice "
+                "differentiable and that the jacobian depends on the inputs (this would be "
+                "violated by a linear function for example).",
+    "hessian": "The hessian of the user-provided function with respect to input {i} is "
+               "independent of the input. This is not allowed in strict mode. You should "
+               "ensure that your function is thrice differentiable and that the hessian "
+               "depends on the inputs.",
+}
+
+
+def _check_requires_grad(items, strict, kind="outputs"):
     if not strict:
         return
     for i, t in enumerate(items):
+        if t is None:                                   # only grad_inputs hold None
+            raise RuntimeError("The output of the user-provided function is independent of "
+                               f"input {i}. This is not allowed in strict mode.")
         if not t.requires_grad:
-            raise RuntimeError(
-                f"Output {i} of the user-provided function does not require gradients. The "
-                "outputs must be computed in a differentiable manner from the input when "
-                "running in strict mode.")
+            raise RuntimeError(_REQUIRES_GRAD_MSG[kind].format(i=i))
 
 
 def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=None):
-    """autograd.grad over the outputs that require grad, None for unused inputs."""
+    """autograd.grad over the outputs that exist and require grad, None for unused inputs."""
     from . import grad
     pairs = [(o, g) for o, g in zip(outputs, grad_outputs or (None,) * len(outputs))
-             if o.requires_grad]
+             if o is not None and o.requires_grad]
     if not pairs:
         return (None,) * len(inputs)
     outs, gs = zip(*pairs)
@@ -97,17 +121,33 @@ def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=Non
                 allow_unused=True)
 
 
-def _fill_in_zeros(grads, refs, strict, create_graph):
+# Which backward pass produced a None, for the strict-mode message.
+_INDEPENDENT_MSG = {
+    "back": "The output of the user-provided function is independent of input {i}. This is "
+            "not allowed in strict mode.",
+    "back_trick": "The gradient with respect to the input is independent of entry {i} in the "
+                  "grad_outputs when using the double backward trick to compute forward mode "
+                  "gradients. This is not allowed in strict mode.",
+    "double_back": "The jacobian of the user-provided function is independent of input {i}. "
+                   "This is not allowed in strict mode.",
+    "double_back_trick": "The hessian of the user-provided function is independent of entry "
+                         "{i} in the grad_jacobian. This is not allowed in strict mode as it "
+                         "prevents from using the double backward trick to replace forward "
+                         "mode AD.",
+}
+
+
+def _fill_in_zeros(grads, refs, strict, create_graph, stage="back"):
     from .._creation import zeros_like
     res = []
     for i, g in enumerate(grads):
         if g is None:
             if strict:
-                raise RuntimeError("The output of the user-provided function is independent "
-                                   f"of input {i}. This is not allowed in strict mode.")
+                raise RuntimeError(_INDEPENDENT_MSG[stage].format(i=i))
             g = zeros_like(refs[i])
         elif strict and create_graph and not g.requires_grad:
-            raise RuntimeError("The jacobian of the user-provided function is independent of "
+            what = "hessian" if "double" in stage else "jacobian"
+            raise RuntimeError(f"The {what} of the user-provided function is independent of "
                                f"input {i}. This is not allowed in strict mode when "
                                "create_graph=True.")
         res.append(g)
@@ -116,6 +156,13 @@ def _fill_in_zeros(grads, refs, strict, create_graph):
 
 def _unpack(res, is_tuple):
     return res if is_tuple else res[0]
+
+
+def _unpack2(res, is_outer_tuple, is_inner_tuple):
+    """Undo two _as_tuple calls on a tuple (outer) of tuples (inner)."""
+    if not is_inner_tuple:
+        res = tuple(r[0] for r in res)
+    return res if is_outer_tuple else res[0]
 
 
 # ----- vjp -------------------------------------------------------------------------------------
@@ -140,4 +187,425 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
         grads = _autograd_grad(outputs, inputs, v, create_graph)
         result = _fill_in_zeros(grads, inputs, strict, create_graph)
     return (_unpack(_grad_postprocess(outputs, create_graph), is_outputs_tuple),
+            _unpack(_grad_postprocess(result, create_graph), is_inputs_tuple))
+
+
+# ----- jvp -------------------------------------------------------------------------------------
+def jvp(func, inputs, v=None, create_graph=False, strict=False):
+    """Same as `torch.autograd.functional.jvp`."""
+    return _jvp_impl(func, inputs, v, create_graph, strict)
+
+
+def _jvp_impl(func, inputs, v=None, create_graph=False, strict=False):
+    # TODO(#4): true forward mode here; _jvp_double_backward stays as its cross-check.
+    return _jvp_double_backward(func, inputs, v, create_graph, strict)
+
+
+def _jvp_double_backward(func, inputs, v=None, create_graph=False, strict=False):
+    """jvp by the double-backward trick, as PyTorch computes it: g -> vjp(g) is linear in g,
+    so the vjp of that map at any g (zeros here: never inf or nan) with cotangent v is J v."""
+    from .._creation import zeros_like
+    _check_func(func, "jvp")
+    with _mode.enable_grad():
+        is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "jvp")
+        inputs = _grad_preprocess(inputs, create_graph, need_graph=True)
+        if v is not None:
+            _, v = _as_tuple(v, "v", "jvp")
+            v = _grad_preprocess(v, create_graph, need_graph=False)
+            _validate_v(v, inputs, is_inputs_tuple)
+        elif len(inputs) != 1 or inputs[0].numel() != 1:
+            raise RuntimeError("The vector v can only be None if the input to the "
+                               "user-provided function is a single Tensor with a single "
+                               "element.")
+        outputs = func(*inputs)
+        is_outputs_tuple, outputs = _as_tuple(
+            outputs, "outputs of the user-provided function", "jvp")
+        _check_requires_grad(outputs, strict)
+        grad_outputs = tuple(zeros_like(o, requires_grad=True) for o in outputs)
+        grad_inputs = _autograd_grad(outputs, inputs, grad_outputs, create_graph=True)
+        _check_requires_grad(grad_inputs, strict, "grad_inputs")
+    with _mode.set_grad_enabled(True if create_graph else _mode.is_grad_enabled()):
+        grads = _autograd_grad(grad_inputs, grad_outputs, v, create_graph)
+        result = _fill_in_zeros(grads, outputs, strict, create_graph, "back_trick")
+    return (_unpack(_grad_postprocess(outputs, create_graph), is_outputs_tuple),
+            _unpack(_grad_postprocess(result, create_graph), is_outputs_tuple))
+
+
+# ----- batched sweeps ---------------------------------------------------------------------------
+def _stack(tensors):
+    from ..ops.shape import stack
+    return stack(tensors, 0)
+
+
+def _cat(tensors):
+    if len(tensors) == 1:
+        return tensors[0]
+    from ..ops.shape import cat
+    return cat(tensors, 0)
+
+
+def _batched_vjp(outputs, inputs, grad_outputs_batched, create_graph):
+    """vjps of `outputs` for a batch of cotangents (each with a leading batch dim): one
+    (batch, *input.shape) tensor per input, or None for an input no output depends on."""
+    # TODO(#4): one batched backward sweep instead of a loop over the batch.
+    batch = grad_outputs_batched[0].shape[0] if grad_outputs_batched else 0
+    rows = [[] for _ in inputs]
+    for b in range(batch):
+        vj = _autograd_grad(outputs, inputs, tuple(g[b] for g in grad_outputs_batched),
+                            create_graph, retain_graph=True)
+        for r, g in zip(rows, vj):
+            r.append(g)
+    return tuple(None if not r or r[0] is None else _stack(r) for r in rows)
+
+
+def _batched_jvp(func, inputs, tangents_batched):
+    """jvps of `func` at `inputs` for a batch of tangents (each with a leading batch dim):
+    (is the output a tuple, the outputs, one (batch, *output.shape) tensor per output)."""
+    # TODO(#4): one batched forward-mode pass instead of a loop over the batch.
+    from .._creation import zeros
+    batch = tangents_batched[0].shape[0] if tangents_batched else 0
+    if batch == 0:
+        with _mode.no_grad():
+            outs = func(*(t.detach() for t in inputs))
+        is_tuple, outs = _as_tuple(outs, "outputs of the user-provided function", "jvp")
+        return is_tuple, outs, tuple(zeros((0, *o.shape), dtype=o.dtype, device=o.device)
+                                     for o in outs)
+    cols, outs = [], None
+    for b in range(batch):
+        outs, jv = _jvp_impl(func, inputs, tuple(t[b] for t in tangents_batched))
+        cols.append(jv if isinstance(outs, tuple) else (jv,))
+    is_tuple = isinstance(outs, tuple)
+    outs = outs if is_tuple else (outs,)
+    return is_tuple, outs, tuple(_stack(c) for c in zip(*cols))
+
+
+def _basis_chunk(refs, start, stop, flat=True):
+    """Rows start:stop of the identity over the flattened `refs`, split into one block per ref,
+    (stop - start, numel) or with `flat=False` (stop - start, *ref.shape), each in its ref's
+    dtype and device."""
+    blocks, offset = [], 0
+    for t in refs:
+        n = t.numel()
+        xp = _device.array_module(t._dev)
+        with _device.use(t._dev):
+            arr = xp.eye(stop - start, n, k=start - offset, dtype=t._dtype.np)
+            if not flat:
+                arr = arr.reshape(stop - start, *t.shape)
+        blocks.append(Tensor._make(arr, t._dev, t._dtype, None))
+        offset += n
+    return tuple(blocks)
+
+
+# ----- chunk sizes ------------------------------------------------------------------------------
+def _check_chunk_size(chunk_size):
+    """chunk_size as _resolve_chunk takes it: None, "auto" or a positive int."""
+    if chunk_size is None or (isinstance(chunk_size, str) and chunk_size == "auto"):
+        return chunk_size
+    try:
+        n = None if isinstance(chunk_size, bool) else operator.index(chunk_size)
+    except TypeError:
+        n = None
+    if n is None or n <= 0:
+        raise ValueError('jacobian: chunk_size must be None, "auto" or a positive int, but got '
+                         f"{chunk_size!r}")
+    return n
+
+
+def _free_bytes(dev):
+    """Memory that a chunk may use on `dev`: the driver's free bytes plus what CuPy's pool holds
+    unused on cuda; the available physical pages on cpu."""
+    if dev.type == "cuda":
+        cp = _device.cupy_module()
+        with cp.cuda.Device(dev.index):
+            free, _ = cp.cuda.runtime.memGetInfo()
+            return free + cp.get_default_memory_pool().free_bytes()
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):            # not a POSIX system
+        return 1 << 30
+
+
+def _graph_bytes(tensors):
+    """Bytes of every array produced in the graph behind `tensors`: what one sweep's
+    cotangents take."""
+    total, seen = 0, set()
+    todo = [t._node for t in tensors if t._node is not None]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        shape, dtype, _ = node.out_meta
+        total += math.prod(shape) * dtype.itemsize
+        todo.extend(e for e in node.edges if type(e) is Node)
+    return total
+
+
+def _nbytes(tensors):
+    return sum(t.numel() * t._dtype.itemsize for t in tensors)
+
+
+def _resolve_chunk(chunk_size, rows, per_row, dev):
+    """Rows per batched sweep: all of them, the given int, or for "auto" the most that fit in
+    a quarter of the free memory at three times the estimated bytes per row."""
+    if chunk_size is None:
+        return max(rows, 1)
+    if isinstance(chunk_size, str):                     # "auto"
+        fit = (_free_bytes(dev) // 4) // max(3 * per_row, 1)
+        return int(min(max(fit, 1), max(rows, 1)))
+    return chunk_size
+
+
+def _device_of(*groups):
+    for group in groups:
+        for t in group:
+            return t._dev
+    return _device.CPU
+
+
+# ----- jacobian ---------------------------------------------------------------------------------
+_STRATEGIES = ("forward-mode", "reverse-mode", "auto")
+
+
+def jacobian(func, inputs, create_graph=False, strict=False, vectorize=False,
+             strategy="reverse-mode", chunk_size=None):
+    """Same as `torch.autograd.functional.jacobian`; also `strategy="auto"` (with vectorize=True,
+    forward mode when the inputs have fewer elements than the outputs) and `chunk_size` (None,
+    an int > 0 or "auto": rows, or columns in forward mode, per batched sweep with vectorize)."""
+    _check_func(func, "jacobian")
+    if strategy not in _STRATEGIES:
+        raise ValueError('Expected strategy to be either "forward-mode", "reverse-mode" or '
+                         f'"auto", but got {strategy!r}. Hint: If your function has more '
+                         'outputs than inputs, "forward-mode" tends to be more performant. '
+                         'Otherwise, prefer to use "reverse-mode".')
+    chunk_size = _check_chunk_size(chunk_size)
+    if strategy == "forward-mode":
+        if create_graph:
+            raise NotImplementedError(
+                "torch.autograd.functional.jacobian: `create_graph=True` and "
+                '`strategy="forward-mode"` are not supported together (yet). Please either '
+                'set `create_graph=False` or `strategy="reverse-mode"`.')
+        return _jacfwd(func, inputs, strict, vectorize, chunk_size)
+
+    with _mode.enable_grad():
+        is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "jacobian")
+        inputs = _grad_preprocess(inputs, create_graph, need_graph=True)
+        outputs = func(*inputs)
+        is_outputs_tuple, outputs = _as_tuple(
+            outputs, "outputs of the user-provided function", "jacobian")
+        _check_requires_grad(outputs, strict)
+        if vectorize:
+            if strict:
+                raise RuntimeError(
+                    "torch.autograd.functional.jacobian: `strict=True` and `vectorized=True` "
+                    "are not supported together. Please either set `strict=False` or "
+                    "`vectorize=False`.")
+            if (strategy == "auto" and not create_graph
+                    and sum(t.numel() for t in inputs) < sum(t.numel() for t in outputs)):
+                jac = _jacfwd_vectorized(func, inputs, chunk_size)[1]
+            else:
+                jac = _jacrev_vectorized(outputs, inputs, create_graph, chunk_size)
+        else:
+            jac = _jacrev_rows(outputs, inputs, create_graph, strict)
+        jac = _grad_postprocess(jac, create_graph)
+    return _unpack2(jac, is_outputs_tuple, is_inputs_tuple)
+
+
+def _jacrev_rows(outputs, inputs, create_graph, strict):
+    """PyTorch's loop: one backward sweep per output element."""
+    from .._creation import zeros, zeros_like
+    jac = []
+    for i, out in enumerate(outputs):
+        rows = [[] for _ in inputs]
+        flat = out.reshape(-1)
+        for j in range(out.numel()):
+            vj = _autograd_grad((flat[j],), inputs, None, create_graph, retain_graph=True)
+            for k, (g, inp) in enumerate(zip(vj, inputs)):
+                if g is None:
+                    if strict:
+                        raise RuntimeError(
+                            f"Output {i} of the user-provided function is independent of "
+                            f"input {k}. This is not allowed in strict mode.")
+                    g = zeros_like(inp)
+                elif strict and create_graph and not g.requires_grad:
+                    # NOTE: PyTorch names the output's index here, not the input's.
+                    raise RuntimeError(
+                        "The jacobian of the user-provided function is independent of input "
+                        f"{i}. This is not allowed in strict mode when create_graph=True.")
+                rows[k].append(g)
+        # NOTE: an output with no elements gets an empty Jacobian (PyTorch fails to stack).
+        jac.append(tuple(
+            _stack(r).reshape(*out.shape, *inp.shape) if r else
+            zeros((*out.shape, *inp.shape), dtype=inp.dtype, device=inp.device)
+            for r, inp in zip(rows, inputs)))
+    return tuple(jac)
+
+
+def _jacrev_vectorized(outputs, inputs, create_graph, chunk_size):
+    """All rows through _batched_vjp, chunk_size rows per call, split back by output."""
+    from .._creation import zeros
+    numels = [o.numel() for o in outputs]
+    total = sum(numels)
+    flat = tuple(o.reshape(-1) for o in outputs)
+    per_row = 0
+    if isinstance(chunk_size, str):                     # "auto"
+        per_row = _graph_bytes(outputs) + _nbytes(outputs) + _nbytes(inputs)
+    step = _resolve_chunk(chunk_size, total, per_row, _device_of(inputs, outputs))
+    pieces = [[] for _ in inputs]
+    for start in range(0, total, step):
+        stop = min(start + step, total)
+        vj = _batched_vjp(flat, inputs, _basis_chunk(outputs, start, stop), create_graph)
+        for p, g, inp in zip(pieces, vj, inputs):
+            p.append(zeros((stop - start, *inp.shape), dtype=inp.dtype, device=inp.device)
+                     if g is None else g)
+    jac = [[] for _ in outputs]
+    for p, inp in zip(pieces, inputs):
+        full = _cat(p) if p else zeros((0, *inp.shape), dtype=inp.dtype, device=inp.device)
+        offset = 0
+        for i, (out, n) in enumerate(zip(outputs, numels)):
+            jac[i].append(full[offset:offset + n].reshape(*out.shape, *inp.shape))
+            offset += n
+    return tuple(tuple(row) for row in jac)
+
+
+def _jacfwd(func, inputs, strict, vectorize, chunk_size):
+    if strict:
+        raise RuntimeError(
+            "torch.autograd.functional.jacobian: `strict=True` and `strategy=\"forward-mode\"` "
+            "are not supported together (yet). Please either set `strict=False` or "
+            "`strategy=\"reverse-mode\"`.")
+    is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "jacobian")
+    if not vectorize:
+        raise NotImplementedError(
+            "Computing Jacobian using forward-AD or forward-over-reverse Hessian is"
+            "only implemented for `vectorize=True`.")
+    is_outputs_tuple, jac = _jacfwd_vectorized(func, inputs, chunk_size)
+    return _unpack2(jac, is_outputs_tuple, is_inputs_tuple)
+
+
+def _jacfwd_vectorized(func, inputs, chunk_size):
+    """All columns through _batched_jvp, chunk_size columns per call, split back by input:
+    (is the output a tuple, the Jacobian as a tuple over outputs of tuples over inputs)."""
+    def checked(*args):
+        out = func(*args)
+        _as_tuple(out, "outputs", None)          # PyTorch's message, "given to None" included
+        return out
+
+    numels = [t.numel() for t in inputs]
+    total = sum(numels)
+    per_col = 0
+    if isinstance(chunk_size, str):                     # "auto"
+        with _mode.enable_grad():
+            probe = _as_tuple(checked(*_grad_preprocess(inputs, False, True)), "outputs",
+                              None)[1]
+        per_col = 2 * (_graph_bytes(probe) + _nbytes(probe)) + _nbytes(inputs)
+    step = _resolve_chunk(chunk_size, total, per_col, _device_of(inputs))
+    pieces, is_outputs_tuple, outputs = None, False, ()
+    for start in range(0, max(total, 1), step):
+        stop = min(start + step, total)
+        tangents = _basis_chunk(inputs, start, stop, flat=False)
+        is_outputs_tuple, outputs, jv = _batched_jvp(checked, inputs, tangents)
+        pieces = [[] for _ in outputs] if pieces is None else pieces
+        for p, g in zip(pieces, jv):
+            p.append(g)
+    jac = []
+    for p, out in zip(pieces, outputs):
+        full = _cat(p)                                   # (total, *out.shape)
+        row, offset = [], 0
+        for inp, n in zip(inputs, numels):
+            block = full[offset:offset + n]               # (n, *out.shape): columns first
+            block = block.permute(*range(1, block.ndim), 0)
+            row.append(block.reshape(*out.shape, *inp.shape))
+            offset += n
+        jac.append(tuple(row))
+    return is_outputs_tuple, tuple(jac)
+
+
+# ----- hessian, vhp, hvp ------------------------------------------------------------------------
+def hessian(func, inputs, create_graph=False, strict=False, vectorize=False,
+            outer_jacobian_strategy="reverse-mode"):
+    """Same as `torch.autograd.functional.hessian`."""
+    _check_func(func, "hessian")
+    is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "hessian")
+    if outer_jacobian_strategy not in ("forward-mode", "reverse-mode"):
+        raise ValueError('Expected strategy to be either "forward-mode" or "reverse-mode", but '
+                         f"got {outer_jacobian_strategy!r}.")
+
+    def ensure_single_output_function(*inp):
+        out = func(*inp)
+        is_out_tuple, t_out = _as_tuple(out, "outputs of the user-provided function",
+                                        "hessian")
+        _check_requires_grad(t_out, strict)
+        if is_out_tuple or not isinstance(out, Tensor):
+            raise RuntimeError("The function given to hessian should return a single Tensor")
+        if out.numel() != 1:
+            raise RuntimeError("The Tensor returned by the function given to hessian should "
+                               "contain a single element")
+        return out.squeeze()
+
+    def jac_func(*inp):
+        if outer_jacobian_strategy == "forward-mode":
+            inp = tuple(t.requires_grad_(True) for t in inp)
+        jac = jacobian(ensure_single_output_function, inp, create_graph=True)
+        _check_requires_grad(jac, strict, "jacobian")
+        return jac
+
+    res = jacobian(jac_func, inputs, create_graph=create_graph, strict=strict,
+                   vectorize=vectorize, strategy=outer_jacobian_strategy)
+    return _unpack2(res, is_inputs_tuple, is_inputs_tuple)
+
+
+def _scalar_output(func, inputs, v, create_graph, strict, fn_name):
+    """vhp's and hvp's common start, under enable_grad: (is the input a tuple, the inputs, v,
+    the outputs, the gradient of the single output with a graph)."""
+    is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", fn_name)
+    inputs = _grad_preprocess(inputs, create_graph, need_graph=True)
+    if v is not None:
+        _, v = _as_tuple(v, "v", fn_name)
+        v = _grad_preprocess(v, create_graph, need_graph=False)
+        _validate_v(v, inputs, is_inputs_tuple)
+    elif len(inputs) != 1 or inputs[0].numel() != 1:
+        raise RuntimeError("The vector v can only be None if the input to the user-provided "
+                           "function is a single Tensor with a single element.")
+    outputs = func(*inputs)
+    is_outputs_tuple, outputs = _as_tuple(outputs, "outputs of the user-provided function",
+                                          fn_name)
+    _check_requires_grad(outputs, strict)
+    if is_outputs_tuple or not isinstance(outputs[0], Tensor):
+        raise RuntimeError(f"The function given to {fn_name} should return a single Tensor")
+    if outputs[0].numel() != 1:
+        raise RuntimeError(f"The Tensor returned by the function given to {fn_name} should "
+                           "contain a single element")
+    jac = _autograd_grad(outputs, inputs, None, create_graph=True)
+    _check_requires_grad(jac, strict, "jacobian")
+    return is_inputs_tuple, inputs, v, outputs, jac
+
+
+def vhp(func, inputs, v=None, create_graph=False, strict=False):
+    """Same as `torch.autograd.functional.vhp`."""
+    _check_func(func, "vhp")
+    with _mode.enable_grad():
+        is_inputs_tuple, inputs, v, outputs, jac = _scalar_output(
+            func, inputs, v, create_graph, strict, "vhp")
+    with _mode.set_grad_enabled(True if create_graph else _mode.is_grad_enabled()):
+        grads = _autograd_grad(jac, inputs, v, create_graph)
+        result = _fill_in_zeros(grads, inputs, strict, create_graph, "double_back")
+    return (_grad_postprocess(outputs, create_graph)[0],
+            _unpack(_grad_postprocess(result, create_graph), is_inputs_tuple))
+
+
+def hvp(func, inputs, v=None, create_graph=False, strict=False):
+    """Same as `torch.autograd.functional.hvp` (by the double-backward trick, like PyTorch)."""
+    from .._creation import zeros_like
+    _check_func(func, "hvp")
+    with _mode.enable_grad():
+        is_inputs_tuple, inputs, v, outputs, jac = _scalar_output(
+            func, inputs, v, create_graph, strict, "hvp")
+        grad_jac = tuple(zeros_like(t, requires_grad=True) for t in inputs)
+        double_back = _autograd_grad(jac, inputs, grad_jac, create_graph=True)
+        _check_requires_grad(jac, strict, "hessian")       # NOTE: PyTorch checks jac here too
+    with _mode.set_grad_enabled(True if create_graph else _mode.is_grad_enabled()):
+        grads = _autograd_grad(double_back, grad_jac, v, create_graph)
+        result = _fill_in_zeros(grads, inputs, strict, create_graph, "double_back_trick")
+    return (_grad_postprocess(outputs, create_graph)[0],
             _unpack(_grad_postprocess(result, create_graph), is_inputs_tuple))
