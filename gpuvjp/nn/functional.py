@@ -2,12 +2,330 @@
 
 from __future__ import annotations
 
-from ..ops import matmul, relu, sigmoid, tanh
+import math
+import warnings
 
-__all__ = ["relu", "sigmoid", "tanh", "linear"]
+import numpy as np
+
+from .. import _dtype
+from ..ops import matmul, sigmoid, tanh
+from ..ops._registry import KEEP, defop, defvjp
+from ..ops._util import norm_dim
+from ..ops.binary import ne, where
+from ..ops.reduce import mean, sum_
+from ..ops.shape import (broadcast_tensors, gather, index_select, reshape, squeeze, to_dtype,
+                         unsqueeze)
+from ..ops.unary import erf, exp, log1p
+from ..ops.unary import relu as _relu
+
+__all__ = ["relu", "gelu", "silu", "softplus", "sigmoid", "tanh", "softmax", "log_softmax",
+           "linear", "mse_loss", "cross_entropy"]
+
+_TORCH_NAMES = {"float16": "Half", "float32": "Float", "float64": "Double", "int32": "Int",
+                "int64": "Long", "bool": "Bool"}
 
 
+def _name(dtype):
+    return _TORCH_NAMES[dtype.name]
+
+
+def _need_float(x, kernel):
+    """PyTorch's error for a floating-point-only kernel given an integer or bool tensor."""
+    if not x._dtype.is_floating_point:
+        raise NotImplementedError(f"\"{kernel}\" not implemented for '{_name(x._dtype)}'")
+
+
+def _in_float32(fn, x):
+    """fn(x) for float16 `x` computed in float32 and rounded once, as PyTorch's kernels do."""
+    if x._dtype is _dtype.float16:
+        return to_dtype(fn(to_dtype(x, _dtype.float32)), _dtype.float16)
+    return fn(x)
+
+
+# ----- activations -------------------------------------------------------------------------------
+def relu(input, inplace=False):
+    """Same as `torch.nn.functional.relu`; `inplace=True` returns a new tensor (tensors are
+    values)."""
+    if input._dtype is _dtype.bool_:
+        raise RuntimeError("Boolean inputs not supported for relu")
+    return _relu(input)
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+
+def _gelu_erf(x):
+    return 0.5 * x * (1 + erf(x * _SQRT_HALF))
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1 + tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x))))
+
+
+def gelu(input, approximate="none"):
+    """Same as `torch.nn.functional.gelu`: x Phi(x) with erf, or the tanh approximation."""
+    if approximate not in ("none", "tanh"):
+        raise RuntimeError("approximate argument must be either none or tanh.")
+    _need_float(input, "GeluKernelImpl")
+    return _in_float32(_gelu_erf if approximate == "none" else _gelu_tanh, input)
+
+
+def silu(input, inplace=False):
+    """Same as `torch.nn.functional.silu`: x sigmoid(x)."""
+    _need_float(input, "silu_cpu")
+    return _in_float32(lambda x: x * sigmoid(x), input)
+
+
+def softplus(input, beta=1.0, threshold=20.0):
+    """Same as `torch.nn.functional.softplus`: log(1 + exp(beta x)) / beta, and x where
+    beta x > threshold."""
+    _need_float(input, "softplus_cpu")
+
+    def f(x):
+        z = x * beta if beta != 1 else x
+        linear = z > threshold
+        # exp's argument is capped where the linear branch wins: no overflow there, so no
+        # inf * 0 = nan in that branch's discarded gradient (while a nan input stays nan)
+        soft = log1p(exp(where(linear, threshold, z)))
+        return where(linear, x, soft / beta if beta != 1 else soft)
+    return _in_float32(f, input)
+
+
+# ----- softmax, log_softmax ----------------------------------------------------------------------
+# y = softmax(x) = exp(x - m) / sum(exp(x - m)) with m = max(x, dim): exp never overflows, and m
+# cancels. Each gets a rule because the max is pure numerics: differentiating the composite would
+# record the max and its tie-splitting rule for a gradient that cancels to zero, and keep exp's
+# input alive. Rules: softmax dx = y (g - sum(g y)); log_softmax dx = g - exp(y) sum(g).
+def _softmax_impl(xp, x, dim, log):
+    shape, dt = x.shape, x.dtype
+    if x.size == 0:
+        return x.copy()
+    a = x.reshape(1) if x.ndim == 0 else x
+    if dt == np.float16:
+        a = a.astype(np.float32)                      # accumulate in float32, as PyTorch
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = a - a.max(axis=dim, keepdims=True)        # -inf - -inf rows give nan, as PyTorch
+        if log:
+            out = z - xp.log(xp.exp(z).sum(axis=dim, keepdims=True))
+        else:
+            e = xp.exp(z)
+            out = e / e.sum(axis=dim, keepdims=True)
+    return out.astype(dt, copy=False).reshape(shape)
+
+
+softmax_ = defop("softmax", lambda xp, x, dim: _softmax_impl(xp, x, dim, False), promote=KEEP,
+                 saves_inputs=False)
+defvjp(softmax_, lambda g, ans, x, dim: ans * (g - sum_(g * ans, dim, keepdim=True)))
+
+log_softmax_ = defop("log_softmax", lambda xp, x, dim: _softmax_impl(xp, x, dim, True),
+                     promote=KEEP, saves_inputs=False)
+defvjp(log_softmax_, lambda g, ans, x, dim: g - exp(ans) * sum_(g, dim, keepdim=True))
+
+
+def _get_softmax_dim(name, ndim, stacklevel):
+    warnings.warn(f"Implicit dimension choice for {name} has been deprecated. Change the call "
+                  "to include dim=X as an argument.", stacklevel=stacklevel)
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def _softmax_args(name, input, dim, stacklevel, dtype):
+    if dim is None:
+        dim = _get_softmax_dim(name, input.ndim, stacklevel + 1)
+    if dtype is not None:
+        input = to_dtype(input, dtype)
+    d = norm_dim(dim, input.ndim)
+    _need_float(input, f"{name}_lastdim_kernel_impl" if d == input.ndim - 1
+                else f"{name}_kernel_impl")
+    return input, d
+
+
+def softmax(input, dim=None, _stacklevel=3, dtype=None):
+    """Same as `torch.nn.functional.softmax` (no `dim`: PyTorch's deprecated implicit choice)."""
+    input, d = _softmax_args("softmax", input, dim, _stacklevel, dtype)
+    return softmax_(input, dim=d)
+
+
+def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
+    """Same as `torch.nn.functional.log_softmax`."""
+    input, d = _softmax_args("log_softmax", input, dim, _stacklevel, dtype)
+    return log_softmax_(input, dim=d)
+
+
+# ----- linear ------------------------------------------------------------------------------------
 def linear(input, weight, bias=None):
     """Same as `torch.nn.functional.linear`: input @ weight^T + bias."""
     out = matmul(input, weight.mT if weight.ndim > 1 else weight)
     return out if bias is None else out + bias
+
+
+# ----- losses ------------------------------------------------------------------------------------
+def _legacy_reduction(size_average, reduce):
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    out = "mean" if size_average and reduce else "sum" if reduce else "none"
+    warnings.warn("size_average and reduce args will be deprecated, please use "
+                  f"reduction='{out}' instead.", stacklevel=3)
+    return out
+
+
+def _check_reduction(reduction):
+    if reduction == "elementwise_mean":
+        warnings.warn("reduction='elementwise_mean' is deprecated. Please use reduction='mean' "
+                      "instead.", stacklevel=3)
+        return "mean"
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    return reduction
+
+
+def _size(t):
+    return f"Size({list(t.shape)})"
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+    """Same as `torch.nn.functional.mse_loss`: the mean, sum or elementwise (x - y)^2."""
+    if target.shape != input.shape:
+        warnings.warn(f"Using a target size ({_size(target)}) that is different to the input "
+                      f"size ({_size(input)}). This will likely lead to incorrect results due to "
+                      "broadcasting. Please ensure they have the same size.", stacklevel=2)
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce)
+    x, y = broadcast_tensors(input, target)
+    if weight is not None:
+        if weight.shape != input.shape:
+            raise ValueError("Weights and input must have the same size.")
+        d = x - y
+        loss = d * d * weight
+        if reduction == "none":
+            return loss
+        if reduction == "sum":
+            return sum_(loss)
+        if reduction == "mean":
+            return sum_(loss) / sum_(weight)
+        raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', "
+                         "'sum'.")
+    reduction = _check_reduction(reduction)
+    d = x - y
+    _need_float(d, "mse_cpu")
+    loss = d * d
+    return loss if reduction == "none" else sum_(loss) if reduction == "sum" else mean(loss)
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0):
+    """Same as `torch.nn.functional.cross_entropy`: class-index targets (int64, with `weight`,
+    `ignore_index`, `label_smoothing`) or class-probability targets (same shape as input)."""
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce)
+    reduction = _check_reduction(reduction)
+    if not hasattr(target, "_dev"):
+        raise TypeError("cross_entropy_loss(): argument 'target' (position 2) must be Tensor, "
+                        f"not {type(target).__name__}")
+    if input.shape == target.shape:
+        if not target._dtype.is_floating_point:
+            raise RuntimeError("Expected floating point type for target with class "
+                               f"probabilities, got {_name(target._dtype)}")
+        if ignore_index >= 0:
+            raise RuntimeError("ignore_index is not supported for floating point target")
+        return _cross_entropy_probs(input, target, weight, reduction, label_smoothing)
+    if label_smoothing > 1:
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: "
+                           f"{label_smoothing:g}")
+    cd = 0 if input.ndim == 1 else 1
+    logp = log_softmax(input, cd)
+    target = _class_target(logp, target, weight, ignore_index)
+    valid = ne(target, ignore_index)
+    safe = where(valid, target, 0)                 # ignored targets may be out of range
+    picked = squeeze(gather(logp, cd, unsqueeze(safe, cd)), cd)
+    w = None
+    if weight is not None:
+        w = reshape(index_select(weight, 0, reshape(safe, -1)), safe.shape)
+        picked = picked * w
+    nll = where(valid, -picked, 0.0)
+    # mean: divided by the weight (or count) of the targets not ignored; 0/0 is nan, as PyTorch
+    total = None if reduction != "mean" else sum_(valid) if w is None else \
+        sum_(where(valid, w, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss = _reduce_by(nll, reduction, total)
+        if label_smoothing <= 0:
+            return loss
+        n_classes = logp.shape[cd]
+        wb = None if weight is None else reshape(weight, _class_shape(logp.ndim, cd, n_classes))
+        smooth = -sum_(logp if wb is None else logp * wb, cd)
+        smooth = _reduce_by(where(valid, smooth, 0.0), reduction, total)
+        return (1 - label_smoothing) * loss + smooth * (label_smoothing / n_classes)
+
+
+def _reduce_by(loss, reduction, total):
+    if reduction == "none":
+        return loss
+    return sum_(loss) if reduction == "sum" else sum_(loss) / total
+
+
+def _class_shape(ndim, cd, n):
+    return tuple(n if k == cd else 1 for k in range(ndim))
+
+
+def _class_target(logp, target, weight, ignore_index):
+    """PyTorch's (nll_loss) checks of a class-index target; the target, 0-d for 1-d input."""
+    nd, shape, tshape = logp.ndim, list(logp.shape), list(target.shape)
+    if nd != 1 and shape[0] != (tshape[0] if tshape else 0):
+        raise ValueError(f"Expected input batch_size ({shape[0]}) to match target batch_size "
+                         f"({tshape[0] if tshape else 0}).")
+    if nd <= 2:
+        if target.ndim > 1:
+            raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
+        if nd == 1 and target.ndim == 1 and tshape[0] != 1:
+            raise ValueError("For 1D input, 1D target must have size 1, but got target size: "
+                             f"{tshape[0]}")
+    elif nd == 4:
+        if target.ndim != 3:
+            raise RuntimeError("only batches of spatial targets supported (3D tensors) but got "
+                               f"targets of dimension: {target.ndim}")
+        if tshape[1:] != shape[2:]:
+            raise RuntimeError(f"size mismatch (got input: {shape} , target: {tshape}")
+    elif tshape[1:] != shape[2:]:
+        raise RuntimeError(f"Expected target size {shape[:1] + shape[2:]}, got {tshape}")
+    if target._dtype is not _dtype.int64:
+        raise RuntimeError(f"expected target dtype to be Long or Byte, but got "
+                           f"{_name(target._dtype)}")
+    n_classes = shape[1] if nd > 1 else shape[0]
+    if weight is not None:
+        if weight.ndim != 1 or weight.numel() != n_classes:
+            raise RuntimeError(
+                f"weight tensor should be defined either for all {n_classes} classes or no "
+                f"classes but got weight tensor of shape: {list(weight.shape)}")
+        if weight._dtype is not logp._dtype:
+            raise RuntimeError(f"expected scalar type {_name(logp._dtype)} but found "
+                               f"{_name(weight._dtype)}")
+    t = target._array()
+    bad = ((t != ignore_index) & ((t < 0) | (t >= n_classes))).reshape(-1)
+    if t.size and bool(bad.any()):                 # one sync on the GPU
+        raise IndexError(f"Target {int(t.reshape(-1)[int(bad.argmax())])} is out of bounds.")
+    return reshape(target, ()) if nd == 1 else target
+
+
+def _cross_entropy_probs(input, target, weight, reduction, label_smoothing):
+    cd = 0 if input.ndim == 1 else 1
+    n_classes = input.shape[norm_dim(cd, input.ndim)]
+    if weight is not None and (weight.ndim != 1 or weight.numel() != n_classes):
+        raise RuntimeError(
+            f"cross_entropy: weight tensor should be defined either for all {n_classes} classes "
+            f"or no classes but got weight tensor of shape: {list(weight.shape)}")
+    logp = log_softmax(input, cd)
+    if label_smoothing > 0:
+        if label_smoothing > 1:
+            raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: "
+                               f"{label_smoothing:g}")
+        target = target * (1 - label_smoothing) + label_smoothing / n_classes
+    prod = logp * target
+    if weight is not None:
+        prod = prod * reshape(weight, _class_shape(logp.ndim, cd, n_classes))
+    if reduction == "none":
+        return -sum_(prod, cd)
+    if reduction == "sum":
+        return -sum_(prod)
+    if input.numel() == 0:
+        return sum_(prod) * float("nan")
+    return -sum_(prod) / (input.numel() // n_classes)

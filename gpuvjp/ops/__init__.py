@@ -12,9 +12,16 @@ from .reduce import mean, sum_
 from .shape import (broadcast_tensors, broadcast_to, contiguous, expand, flatten, permute,
                     reshape, squeeze, t, transpose, unsqueeze, view)
 from .unary import abs_, cos, exp, log, neg, relu, sigmoid, sign, sin, sqrt, tanh
+from .unary import erf, exp2, expm1, log1p, log2, reciprocal, rsqrt, square, tan
+from .binary import arctan2, atan2
+from .reduce import (amax, amin, argmax, argmin, cumsum, logsumexp, max_, min_, norm, prod,
+                     std, var)
+from .shape import (cat, chunk, concat, concatenate, flip, gather, index_select, split,
+                    stack)
 
 # ----- clone: a differentiable copy ------------------------------------------------------------
-clone_ = defop("clone", lambda xp, x: x.copy(), promote=KEEP, saves_ans=False)
+clone_ = defop("clone", lambda xp, x: x.copy(), promote=KEEP, saves_ans=False,
+               saves_inputs=False)
 defvjp(clone_, lambda g, ans, x: g)
 
 
@@ -30,6 +37,7 @@ negative = neg
 absolute = abs_
 sum = sum_       # noqa: A001  (the public name is PyTorch's)
 abs = abs_       # noqa: A001
+max, min = max_, min_      # noqa: A001
 greater, greater_equal, less, less_equal, not_equal = gt, ge, lt, le, ne
 
 # Public functions that are also Tensor methods, under the same name.
@@ -44,6 +52,13 @@ METHODS = dict(
     logical_xor=logical_xor, logical_not=logical_not, true_divide=div, multiply=mul,
     subtract=sub, negative=neg, absolute=abs_, divide=div,
 )
+METHODS.update(
+    exp2=exp2, log2=log2, log1p=log1p, expm1=expm1, rsqrt=rsqrt, square=square, tan=tan,
+    reciprocal=reciprocal, erf=erf, atan2=atan2, arctan2=arctan2, prod=prod, amax=amax,
+    amin=amin, max=max_, min=min_, argmax=argmax, argmin=argmin, logsumexp=logsumexp,
+    norm=norm, var=var, std=std, cumsum=cumsum,
+)
+METHODS.update(split=split, chunk=chunk, flip=flip, index_select=index_select, gather=gather)
 
 
 def _bind(name, fn):
@@ -67,7 +82,8 @@ Tensor.reshape_as = lambda self, other: reshape(self, other.shape)
 Tensor.expand_as = lambda self, other: expand(self, *other.shape)
 Tensor.T = property(lambda self: permute(self, *reversed(range(self.ndim))))
 Tensor.mT = property(lambda self: transpose(self, -2, -1))
-Tensor.square = lambda self: self * self
+Tensor.flip = shape.flip_method
 
-__all__ = sorted(set(METHODS) | {"where", "REGISTRY", "broadcast_tensors", "true_divide"})
+__all__ = sorted(set(METHODS) | {"where", "REGISTRY", "broadcast_tensors", "true_divide",
+                                  "cat", "concat", "concatenate", "stack"})
 _ = (binary, linalg, reduce, unary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 
@@ -15,7 +16,7 @@ from ._util import broadcast_shapes, norm_dim, norm_dims, norm_shape
 # ----- casts ----------------------------------------------------------------------------
 # A cast is recorded like any op, so the gradient of a promoted input is cast back.
 to_dtype_ = defop("to_dtype", lambda xp, x, dtype: x.astype(dtype.np, copy=False),
-                  promote=KEEP, saves_ans=False)
+                  promote=KEEP, saves_ans=False, saves_inputs=False)
 defvjp(to_dtype_, lambda g, ans, x, dtype: to_dtype(g, x.dtype))
 
 
@@ -36,7 +37,7 @@ def _move(xp, x, device):
         return cp.asarray(x)
 
 
-to_device_ = defop("to_device", _move, promote=KEEP, saves_ans=False)
+to_device_ = defop("to_device", _move, promote=KEEP, saves_ans=False, saves_inputs=False)
 to_device_.moves_device = True
 defvjp(to_device_, lambda g, ans, x, device: to_device(g, x.device))
 
@@ -90,7 +91,7 @@ def _infer(shape, numel):
 
 
 reshape_ = defop("reshape", lambda xp, x, shape: x.reshape(shape), promote=KEEP,
-                 saves_ans=False)
+                 saves_ans=False, saves_inputs=False)
 defvjp(reshape_, lambda g, ans, x, shape: reshape(g, x.shape))
 
 
@@ -119,7 +120,7 @@ def flatten(input, start_dim=0, end_dim=-1):
 
 # ----- transpose / permute ------------------------------------------------------------------
 permute_ = defop("permute", lambda xp, x, dims: xp.transpose(x, dims), promote=KEEP,
-                 saves_ans=False)
+                 saves_ans=False, saves_inputs=False)
 defvjp(permute_, lambda g, ans, x, dims: permute(g, tuple(np.argsort(dims).tolist())))
 
 
@@ -185,7 +186,7 @@ def squeeze(input, dim=None):
 
 # ----- expand / broadcast_to ---------------------------------------------------------------
 expand_ = defop("expand", lambda xp, x, shape: xp.broadcast_to(x, shape), promote=KEEP,
-                saves_ans=False)
+                saves_ans=False, saves_inputs=False)
 defvjp(expand_, lambda g, ans, x, shape: g)           # sum_to undoes the broadcast
 
 
@@ -240,11 +241,7 @@ def contiguous(input):
 def _scatter_back(xp, g, index, shape):
     out = xp.zeros(shape, dtype=g.dtype)
     if _has_array(index):
-        if xp is np:
-            np.add.at(out, index, g)
-        else:
-            import cupyx
-            cupyx.scatter_add(out, index, g)
+        xp.add.at(out, index, g)      # repeated indices accumulate (CuPy: atomic adds)
     else:
         out[index] = g
     return out
@@ -254,10 +251,11 @@ def _has_array(index):
     return any(not isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in index)
 
 
-getitem_ = defop("getitem", lambda xp, x, index: x[index], promote=KEEP, saves_ans=False)
+getitem_ = defop("getitem", lambda xp, x, index: x[index], promote=KEEP, saves_ans=False,
+                 saves_inputs=False)
 index_backward_ = defop("index_backward",
                         lambda xp, g, index, shape: _scatter_back(xp, g, index, shape),
-                        promote=KEEP, saves_ans=False)
+                        promote=KEEP, saves_ans=False, saves_inputs=False)
 defvjp(getitem_, lambda g, ans, x, index: index_backward_(g, index=index, shape=x.shape))
 defvjp(index_backward_, lambda gg, ans, g, index, shape: getitem_(gg, index=index))
 
@@ -346,3 +344,310 @@ def _check_bounds(x, index, xp):
                 raise IndexError(
                     f"index {bad} is out of bounds for dimension {dim} with size {size}")
         dim += 1
+
+
+# ----- ops with any number of tensor inputs ------------------------------------------------------
+class _EachInput:
+    """`op.vjps` of an op that takes any number of tensors (cat, stack): input i's rule is
+    rule(i, g, ans, *inputs, **params)."""
+
+    __slots__ = ("rule",)
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def __getitem__(self, i):
+        return functools.partial(self.rule, i)
+
+
+def _tensor_list(tensors, fn):
+    if hasattr(tensors, "_dev") or not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"{fn}(): argument 'tensors' (position 1) must be tuple of Tensors, "
+                        f"not {type(tensors).__name__}")
+    for i, t_ in enumerate(tensors):
+        if not hasattr(t_, "_dev"):
+            raise TypeError(f"expected Tensor as element {i} in argument 0, but got "
+                            f"{type(t_).__name__}")
+    dev = tensors[0]._dev if tensors else None
+    for t_ in tensors:
+        if t_._dev != dev:
+            raise RuntimeError("Expected all tensors to be on the same device, but found at "
+                               f"least two devices, {dev} and {t_._dev}! (in op '{fn}')")
+    return tuple(tensors)
+
+
+def _along(dim, key):
+    """An index tuple that applies `key` (a slice or an int) to axis `dim`."""
+    return (slice(None),) * dim + (key,)
+
+
+# ----- cat / stack -------------------------------------------------------------------------------
+# z = cat(x_0, x_1, ..., dim); input i's gradient is g's slice of x_i along dim. As in PyTorch,
+# 1-d empty tensors are skipped whatever their shape (they still take part in type promotion).
+def _skipped(x):
+    return x.ndim == 1 and x.shape[0] == 0
+
+
+def _cat_impl(xp, *xs, dim):
+    return xp.concatenate([a for a in xs if not _skipped(a)] or xs[:1], axis=dim)
+
+
+def cat_vjp(i, g, ans, *xs, dim):
+    if _skipped(xs[i]):
+        return reshape_(getitem_(g, index=(slice(0, 0),) * g.ndim), shape=(0,))
+    start = sum(x.shape[dim] for x in xs[:i] if not _skipped(x))
+    return getitem_(g, index=_along(dim, slice(start, start + xs[i].shape[dim])))
+
+
+cat_ = defop("cat", _cat_impl, saves_ans=False, saves_inputs=False)
+cat_.vjps = _EachInput(cat_vjp)
+
+
+def cat(tensors, dim=0):
+    """Same as `torch.cat`."""
+    tensors = _tensor_list(tensors, "cat")
+    if not tensors:
+        raise ValueError("torch.cat(): expected a non-empty list of Tensors")
+    for i, x in enumerate(tensors):
+        if x.ndim == 0:
+            raise RuntimeError(f"zero-dimensional tensor (at position {i}) cannot be "
+                               "concatenated")
+    kept = [(i, x) for i, x in enumerate(tensors) if not _skipped(x)]
+    if not kept:
+        return cat_(*tensors, dim=0)
+    ref = kept[0][1]
+    d = norm_dim(dim, ref.ndim)
+    for i, x in kept:
+        if x.ndim != ref.ndim:
+            raise RuntimeError(f"Tensors must have same number of dimensions: got {ref.ndim} "
+                               f"and {x.ndim}")
+        for k, (a, b) in enumerate(zip(ref.shape, x.shape)):
+            if k != d and a != b:
+                raise RuntimeError(
+                    f"Sizes of tensors must match except in dimension {d}. Expected size {a} "
+                    f"but got size {b} for tensor number {i} in the list.")
+    return cat_(*tensors, dim=d)
+
+
+concat = concatenate = cat
+
+# z = stack(x_0, x_1, ..., dim); input i's gradient is g[..., i, ...] at dim
+stack_ = defop("stack", lambda xp, *xs, dim: xp.stack(xs, axis=dim), saves_ans=False,
+               saves_inputs=False)
+stack_.vjps = _EachInput(lambda i, g, ans, *xs, dim: getitem_(g, index=_along(dim, i)))
+
+
+def stack(tensors, dim=0):
+    """Same as `torch.stack`."""
+    tensors = _tensor_list(tensors, "stack")
+    if not tensors:
+        raise RuntimeError("stack expects a non-empty TensorList")
+    d = norm_dim(dim, tensors[0].ndim + 1)
+    for i, x in enumerate(tensors):
+        if x.shape != tensors[0].shape:
+            raise RuntimeError(
+                f"stack expects each tensor to be equal size, but got {list(tensors[0].shape)} "
+                f"at entry 0 and {list(x.shape)} at entry {i}")
+    return stack_(*tensors, dim=d)
+
+
+# ----- split / chunk: views along one dim --------------------------------------------------------
+def _pieces(input, sizes, dim):
+    out, start = [], 0
+    for n in sizes:
+        out.append(getitem_(input, index=_along(dim, slice(start, start + n))))
+        start += n
+    return tuple(out)
+
+
+def split(tensor, split_size_or_sections, dim=0):
+    """Same as `torch.split` (an int size, or a list of sizes)."""
+    if tensor.ndim == 0:
+        raise RuntimeError("split expects at least a 1-dimensional tensor")
+    d = norm_dim(dim, tensor.ndim)
+    n = tensor.shape[d]
+    s = split_size_or_sections
+    if isinstance(s, (list, tuple)):
+        sizes = []
+        for i, v in enumerate(s):
+            try:
+                sizes.append(operator.index(v))
+            except TypeError:
+                raise TypeError("split_with_sizes(): argument 'split_sizes' (position 2) must be "
+                                f"tuple of ints, but found element of type {type(v).__name__} "
+                                f"at pos {i}") from None
+        if any(v < 0 for v in sizes):
+            raise RuntimeError("split_with_sizes expects split_sizes have only non-negative "
+                               f"entries, but got split_sizes={sizes}")
+        if sum(sizes) != n:
+            raise RuntimeError(
+                f"split_with_sizes expects split_sizes to sum exactly to {n} (input tensor's "
+                f"size at dimension {d}), but got split_sizes={sizes}")
+        return _pieces(tensor, sizes, d)
+    try:
+        s = operator.index(s)
+    except TypeError:
+        raise TypeError("split_with_sizes(): argument 'split_sizes' (position 2) must be tuple "
+                        f"of ints, not {type(s).__name__}") from None
+    if s < 0:
+        raise RuntimeError(f"split expects split_size be non-negative, but got split_size={s}")
+    if s == 0 and n != 0:
+        raise RuntimeError("split_size can only be 0 if dimension size is 0, but got dimension "
+                           f"size of {n}")
+    if n == 0:
+        return _pieces(tensor, [0], d)
+    return _pieces(tensor, [min(s, n - k) for k in range(0, n, s)], d)
+
+
+def chunk(input, chunks, dim=0):
+    """Same as `torch.chunk`: ceil(size / chunks) per piece, so maybe fewer than `chunks`."""
+    try:
+        chunks = operator.index(chunks)
+    except TypeError:
+        raise TypeError(f"chunk(): argument 'chunks' (position 2) must be int, not "
+                        f"{type(chunks).__name__}") from None
+    if input.ndim == 0:
+        raise RuntimeError("chunk expects at least a 1-dimensional tensor")
+    if chunks <= 0:
+        raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
+    d = norm_dim(dim, input.ndim)
+    n = input.shape[d]
+    if n == 0:                                # PyTorch keeps the count of empty pieces
+        return _pieces(input, [0] * chunks, d)
+    return split(input, -(-n // chunks), d)
+
+
+# ----- flip ------------------------------------------------------------------------------------
+flip_ = defop("flip", lambda xp, x, dims: xp.flip(x, axis=dims) if dims else x[...],
+              promote=KEEP, saves_ans=False, saves_inputs=False)
+defvjp(flip_, lambda g, ans, x, dims: flip_(g, dims=dims))
+
+
+def flip(input, dims):
+    """Same as `torch.flip` (`Tensor.flip` also takes the dims as separate arguments)."""
+    if not isinstance(dims, (list, tuple)):
+        raise TypeError("flip(): argument 'dims' (position 2) must be tuple of ints, not "
+                        f"{type(dims).__name__}")
+    for i, v in enumerate(dims):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+            raise TypeError("flip(): argument 'dims' (position 2) must be tuple of ints, but "
+                            f"found element of type {type(v).__name__} at pos {i}")
+    nd = input.ndim
+    out = []
+    for v in dims:
+        v = norm_dim(v, nd)
+        if v in out:
+            raise RuntimeError(f"dim {v} appears multiple times in the list of dims")
+        out.append(v)
+    return flip_(input, dims=tuple(out) if nd else ())
+
+
+def flip_method(input, *dims, **kwargs):
+    """`Tensor.flip(*dims)` or `Tensor.flip(dims)`."""
+    if not kwargs and (len(dims) != 1 or not isinstance(dims[0], (list, tuple))):
+        dims = (dims,)
+    return flip(input, *dims, **kwargs)
+
+
+# ----- index_select / gather ------------------------------------------------------------------
+# Index arrays travel as parameters (as in getitem), so the saved graph keeps no tensors. The
+# backward scatter-adds: an index repeated k times receives the sum of its k gradients.
+def _index_arg(input, index, fn, what):
+    if not hasattr(index, "_dev"):
+        raise TypeError(f"{fn}(): argument 'index' (position 3) must be Tensor, not "
+                        f"{type(index).__name__}")
+    if index._dtype.name not in ("int32", "int64"):
+        raise RuntimeError(f"{fn}(): Expected dtype {what} for index")
+    if index._dev != input._dev:
+        raise RuntimeError("Expected all tensors to be on the same device, but found at least "
+                           f"two devices, {input._dev} and {index._dev}! (in op '{fn}')")
+
+
+def _first_outside(a, lo, hi):
+    """The first entry of index array `a` outside [lo, hi), or None (one sync on the GPU)."""
+    if not a.size:
+        return None
+    bad = ((a < lo) | (a >= hi)).reshape(-1)
+    if not bool(bad.any()):
+        return None
+    return int(a.reshape(-1)[int(bad.argmax())])
+
+
+def _index_add(xp, g, index, dim, shape):
+    return _scatter_back(xp, g, _along(dim, index), shape)
+
+
+index_select_ = defop("index_select", lambda xp, x, index, dim: xp.take(x, index, axis=dim),
+                      promote=KEEP, saves_ans=False, saves_inputs=False)
+index_add_ = defop("index_select_backward", _index_add, promote=KEEP, saves_ans=False,
+                   saves_inputs=False)
+defvjp(index_select_,
+       lambda g, ans, x, index, dim: index_add_(g, index=index, dim=dim, shape=x.shape))
+defvjp(index_add_, lambda gg, ans, g, index, dim, shape: index_select_(gg, index=index, dim=dim))
+
+
+def index_select(input, dim, index):
+    """Same as `torch.index_select` (an index out of range is always an IndexError)."""
+    _index_arg(input, index, "index_select", "int32 or int64")
+    if index.ndim > 1:
+        raise IndexError("index_select(): Index is supposed to be a vector")
+    d = norm_dim(dim, input.ndim)
+    idx = index._array().reshape(-1)
+    if input.ndim == 0:
+        if idx.size != 1:
+            raise RuntimeError("index_select(): Index to scalar can have only 1 value, got "
+                               f"{idx.size} value(s)")
+        if _first_outside(idx, 0, 1) is not None:
+            raise IndexError("index out of range in self")
+        return reshape_(index_select_(reshape_(input, shape=(1,)), index=idx, dim=0), shape=())
+    if input.shape[d] == 0 and idx.size:
+        raise RuntimeError("index_select(): self indexing axis dim should be positive")
+    if _first_outside(idx, 0, input.shape[d]) is not None:
+        raise IndexError("index out of range in self")
+    return index_select_(input, index=idx, dim=d)
+
+
+def _gather_impl(xp, x, index, dim):
+    # PyTorch lets index be smaller than x off `dim`: read only the leading block of x there
+    block = tuple(slice(None) if k == dim else slice(0, n) for k, n in enumerate(index.shape))
+    return xp.take_along_axis(x[block], index, axis=dim)
+
+
+def _gather_back(xp, g, index, dim, shape):
+    nd = index.ndim
+    loc = tuple(index if k == dim else xp.arange(n).reshape((n,) + (1,) * (nd - 1 - k))
+                for k, n in enumerate(index.shape))
+    return _scatter_back(xp, g, loc, shape)
+
+
+gather_ = defop("gather", _gather_impl, promote=KEEP, saves_ans=False, saves_inputs=False)
+gather_backward_ = defop("gather_backward", _gather_back, promote=KEEP, saves_ans=False,
+                         saves_inputs=False)
+defvjp(gather_,
+       lambda g, ans, x, index, dim: gather_backward_(g, index=index, dim=dim, shape=x.shape))
+defvjp(gather_backward_, lambda gg, ans, g, index, dim, shape: gather_(gg, index=index, dim=dim))
+
+
+def gather(input, dim, index, *, sparse_grad=False):
+    """Same as `torch.gather` (`sparse_grad` is accepted; gradients are always dense)."""
+    _index_arg(input, index, "gather", "int32/int64")
+    d = norm_dim(dim, input.ndim)
+    idx = index._array()
+    if idx.size == 0:             # PyTorch checks no shapes then; the gradient is all zeros
+        flat = reshape_(input, shape=(input.numel(),))
+        return reshape_(index_select_(flat, index=idx.reshape(-1), dim=0), shape=idx.shape)
+    x = input if input.ndim else reshape_(input, shape=(1,))
+    idx = idx if idx.ndim else idx.reshape(1)
+    if idx.ndim != x.ndim:
+        raise RuntimeError("Index tensor must have the same number of dimensions as input tensor")
+    for k in range(x.ndim):
+        if k != d and idx.shape[k] > x.shape[k]:
+            raise RuntimeError(
+                f"Size does not match at dimension {k} expected index {list(index.shape)} to be "
+                f"no larger than self {list(input.shape)} apart from dimension {d}")
+    bad = _first_outside(idx, 0, x.shape[d])
+    if bad is not None:
+        raise RuntimeError(f"index {bad} is out of bounds for dimension {d} with size "
+                           f"{x.shape[d]}")
+    out = gather_(x, index=idx, dim=d)
+    return out if index.ndim else reshape_(out, shape=())
