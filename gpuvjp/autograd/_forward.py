@@ -37,10 +37,10 @@ def tangent(op, args, ans, params):
 
     rule = op.jvp
     if rule is None:
-        if not (op.elementwise and op.vjps is not None):
+        if op.vjps is None:
             raise RuntimeError(f"Trying to use forward AD with {op.name} that does not "
-                               "support it: no forward-mode rule is declared for this op")
-        rule = _elementwise
+                               "support it: the op has no derivative")
+        rule = _elementwise if op.elementwise else _transposed_vjp
     _state.suspended = True
     try:
         t = rule(op, args, ans, params)
@@ -66,6 +66,32 @@ def _elementwise(op, args, ans, params):
         c = op.vjps[i](t, ans, *args, **params)
         if c is not None:
             total = c if total is None else total + c
+    return total
+
+
+def _transposed_vjp(op, args, ans, params):
+    """J t for an op with vjp rules only: g -> vjp(g) is linear, so the vjp of that map at
+    g = 0 with cotangent t is J t (the double-backward trick, one op at a time)."""
+    from .._creation import zeros
+    from . import _mode, grad
+    total = None
+    outer = _mode.is_grad_enabled()          # a differentiable jvp records this too
+    with _mode.enable_grad():
+        g = zeros(ans.shape, dtype=ans.dtype, device=ans.device, requires_grad=True)
+        for i, t in enumerate(_tangents(args)):
+            if t is None or op.vjps[i] is None:
+                continue
+            x = args[i]
+            c = op.vjps[i](g, ans, *args, **params)
+            if c is None:
+                continue
+            from ..ops.shape import sum_to
+            c = sum_to(c, x.shape, x._dtype)
+            if not c.requires_grad:
+                continue                        # the rule ignores g: no contribution
+            (jt,) = grad(c, g, t, retain_graph=True, create_graph=outer, allow_unused=True)
+            if jt is not None:
+                total = jt if total is None else total + jt
     return total
 
 

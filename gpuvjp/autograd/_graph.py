@@ -7,9 +7,27 @@ from . import _mode
 __all__ = ["Node", "run_backward"]
 
 
-def _sum_to(g, shape, dtype):
+def _sum_to(g, x, batched_sweep):
+    """The cotangent `g` made to match input `x`: shape, dtype, and batch dim.
+
+    In a batched sweep (seeds with a batch dim: vectorized jacobian) the batch belongs to the
+    cotangents and stays. Otherwise a batched cotangent reaching an unbatched input sums over
+    the batch, since x was broadcast over it by a batched op.
+    """
+    from ..ops import batching
     from ..ops.shape import sum_to
-    return sum_to(g, shape, dtype)
+    if g._nb != x._nb:
+        if batched_sweep and x._nb:
+            raise RuntimeError("a vectorized sweep over a graph that was itself built from "
+                               "batched tensors is not supported: use vectorize=False for "
+                               "one of the two levels")
+        if g._nb and not batched_sweep:
+            g = batching.sum_batch(g)
+        elif not g._nb:
+            g = batching.spread(g, x)
+    if g.shape != x.shape or g._dtype is not x._dtype:
+        g = sum_to(g, x.shape, x._dtype)
+    return g
 
 
 class Node:
@@ -22,7 +40,8 @@ class Node:
     released after the sweep that used them unless the graph is retained.
     """
 
-    __slots__ = ("op", "inputs", "params", "edges", "ans", "out_meta", "released", "__weakref__")
+    __slots__ = ("op", "inputs", "params", "edges", "ans", "ans_tangent", "out_meta",
+                 "released", "__weakref__")
 
     def __init__(self, op, inputs, params, edges, ans, out_meta):
         self.op = op
@@ -30,6 +49,7 @@ class Node:
         self.params = params
         self.edges = edges
         self.ans = ans
+        self.ans_tangent = None       # forward mode: the output's tangent, for rules reading ans
         self.out_meta = out_meta      # (shape, dtype, device) of the output
         self.released = False
 
@@ -45,6 +65,7 @@ class Node:
         if self.op.saves_inputs or self.ans is not None:
             self.inputs = None
             self.ans = None
+            self.ans_tangent = None
             self.released = True
         elif self.inputs is not None:
             self.inputs = tuple(Meta(t) if hasattr(t, "_dev") else t for t in self.inputs)
@@ -53,13 +74,16 @@ class Node:
 class Meta:
     """What remains of a released input: its shape, dtype and device, for sum_to and rules."""
 
-    __slots__ = ("shape", "dtype", "_dtype", "device", "_dev", "ndim", "requires_grad")
+    __slots__ = ("shape", "dtype", "_dtype", "device", "_dev", "ndim", "requires_grad", "_nb",
+                 "_batch")
 
     def __init__(self, t):
         self.shape, self.ndim = t.shape, t.ndim
         self.dtype = self._dtype = t._dtype
         self.device = self._dev = t._dev
         self.requires_grad = t.requires_grad
+        self._nb = t._nb
+        self._batch = t._data.shape[0] if t._nb else 0
 
 
 def _toposort(roots, targets):
@@ -107,6 +131,7 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
     Fan-out gradients are summed; each rule's result is summed back to its input's shape and
     dtype.
     """
+    batched = any(g._nb for g in grads)         # a vectorized sweep: the batch stays
     found = {}                                    # id -> [leaf or node, gradient]
     pending = {}                                  # id(node) -> [node, accumulated gradient]
     root_nodes = []
@@ -150,8 +175,9 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
                 gi = rule(g, ans, *node.inputs, **node.params)
                 if gi is None:
                     continue
-                if gi.shape != x.shape or gi._dtype is not x._dtype:
-                    gi = _sum_to(gi, x.shape, x._dtype)
+                if gi._nb != x._nb and not (batched and not x._nb) or \
+                        gi.shape != x.shape or gi._dtype is not x._dtype:
+                    gi = _sum_to(gi, x, batched)
                 _accumulate(pending if type(e) is Node else found, e, gi)
             if not retain_graph:
                 node.release()

@@ -8,7 +8,7 @@ import os
 
 from .. import _device
 from .._tensor import Tensor
-from . import _mode
+from . import _mode, forward_ad
 from ._graph import Node
 
 __all__ = ["vjp", "jvp", "jacobian", "hessian", "vhp", "hvp"]
@@ -197,8 +197,44 @@ def jvp(func, inputs, v=None, create_graph=False, strict=False):
 
 
 def _jvp_impl(func, inputs, v=None, create_graph=False, strict=False):
-    # TODO(#4): true forward mode here; _jvp_double_backward stays as its cross-check.
-    return _jvp_double_backward(func, inputs, v, create_graph, strict)
+    # strict mode asks which outputs depend on which inputs: a question for the reverse graph,
+    # so it keeps PyTorch's double-backward route (and its exact messages).
+    if strict:
+        return _jvp_double_backward(func, inputs, v, create_graph, strict)
+    return _jvp_forward(func, inputs, v, create_graph)
+
+
+def _jvp_forward(func, inputs, v=None, create_graph=False):
+    """jvp in forward mode: each input carries its tangent through func, one pass."""
+    from .._creation import ones_like, zeros_like
+    _check_func(func, "jvp")
+    is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "jvp")
+    inputs = _grad_preprocess(inputs, create_graph, need_graph=True)
+    if v is not None:
+        _, v = _as_tuple(v, "v", "jvp")
+        v = _grad_preprocess(v, create_graph, need_graph=False)
+        _validate_v(v, inputs, is_inputs_tuple)
+    elif len(inputs) != 1 or inputs[0].numel() != 1:
+        raise RuntimeError("The vector v can only be None if the input to the user-provided "
+                           "function is a single Tensor with a single element.")
+    else:
+        v = (ones_like(inputs[0]),)
+    with _mode.set_grad_enabled(create_graph), forward_ad.dual_level():
+        for inp, t in zip(inputs, v):               # inputs are our own copies
+            inp._tangent = _as_tangent(t, inp)
+        outputs = func(*inputs)
+        is_outputs_tuple, outputs = _as_tuple(
+            outputs, "outputs of the user-provided function", "jvp")
+        result = tuple(zeros_like(o) if o._tangent is None else o._tangent for o in outputs)
+    for t in inputs + outputs:
+        t._tangent = None
+    return (_unpack(_grad_postprocess(outputs, create_graph), is_outputs_tuple),
+            _unpack(_grad_postprocess(result, create_graph), is_outputs_tuple))
+
+
+def _as_tangent(t, like):
+    from ..ops.shape import to_device, to_dtype
+    return to_dtype(to_device(t, like.device), like.dtype)
 
 
 def _jvp_double_backward(func, inputs, v=None, create_graph=False, strict=False):
@@ -245,38 +281,34 @@ def _cat(tensors):
 
 
 def _batched_vjp(outputs, inputs, grad_outputs_batched, create_graph):
-    """vjps of `outputs` for a batch of cotangents (each with a leading batch dim): one
-    (batch, *input.shape) tensor per input, or None for an input no output depends on."""
-    # TODO(#4): one batched backward sweep instead of a loop over the batch.
-    batch = grad_outputs_batched[0].shape[0] if grad_outputs_batched else 0
-    rows = [[] for _ in inputs]
-    for b in range(batch):
-        vj = _autograd_grad(outputs, inputs, tuple(g[b] for g in grad_outputs_batched),
-                            create_graph, retain_graph=True)
-        for r, g in zip(rows, vj):
-            r.append(g)
-    return tuple(None if not r or r[0] is None else _stack(r) for r in rows)
+    """vjps of `outputs` for a batch of cotangents (each with a leading batch dim), in ONE
+    backward sweep whose tensors carry the batch dim: one (batch, *input.shape) tensor per
+    input, or None for an input no output depends on."""
+    from ..ops.batching import rebatch, unbatch
+    seeds = tuple(rebatch(g) for g in grad_outputs_batched)
+    vj = _autograd_grad(outputs, inputs, seeds, create_graph, retain_graph=True)
+    return tuple(None if g is None else unbatch(g) for g in vj)
 
 
 def _batched_jvp(func, inputs, tangents_batched):
     """jvps of `func` at `inputs` for a batch of tangents (each with a leading batch dim):
     (is the output a tuple, the outputs, one (batch, *output.shape) tensor per output)."""
-    # TODO(#4): one batched forward-mode pass instead of a loop over the batch.
+    # One forward pass: each input's tangent carries the batch dim through every op.
     from .._creation import zeros
+    from ..ops.batching import rebatch, unbatch
     batch = tangents_batched[0].shape[0] if tangents_batched else 0
-    if batch == 0:
-        with _mode.no_grad():
-            outs = func(*(t.detach() for t in inputs))
+    duals = tuple(t.detach() for t in inputs)
+    with _mode.no_grad(), forward_ad.dual_level():
+        if batch:
+            for d, t in zip(duals, tangents_batched):
+                d._tangent = rebatch(_as_tangent(t, d))
+        outs = func(*duals)
         is_tuple, outs = _as_tuple(outs, "outputs of the user-provided function", "jvp")
-        return is_tuple, outs, tuple(zeros((0, *o.shape), dtype=o.dtype, device=o.device)
-                                     for o in outs)
-    cols, outs = [], None
-    for b in range(batch):
-        outs, jv = _jvp_impl(func, inputs, tuple(t[b] for t in tangents_batched))
-        cols.append(jv if isinstance(outs, tuple) else (jv,))
-    is_tuple = isinstance(outs, tuple)
-    outs = outs if is_tuple else (outs,)
-    return is_tuple, outs, tuple(_stack(c) for c in zip(*cols))
+        jv = tuple(zeros((batch, *o.shape), dtype=o.dtype, device=o.device)
+                   if o._tangent is None else unbatch(o._tangent) for o in outs)
+    for t in duals + outs:
+        t._tangent = None
+    return is_tuple, tuple(o.detach() for o in outs), jv
 
 
 def _basis_chunk(refs, start, stop, flat=True):

@@ -61,7 +61,10 @@ class Op:
         if node.ans is None:
             return None
         shape, dt, dev = node.out_meta
-        return Tensor._make(node.ans, dev, dt, node)
+        t = Tensor._make(node.ans, dev, dt, node)
+        t._nb = node.ans.ndim - len(shape)          # the output of a batched op is batched
+        t._tangent = node.ans_tangent
+        return t
 
 
 def _ufunc_impl(ufunc):
@@ -171,6 +174,8 @@ def apply(op, args, params):
         result._nb = nb
     if dual and op.differentiable and _forward.active():
         result._tangent = _forward.tangent(op, args, result, params)
+        if node is not None and node.ans is not None:
+            node.ans_tangent = result._tangent
     return result
 
 

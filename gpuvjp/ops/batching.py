@@ -35,3 +35,71 @@ def unbatch(t: Tensor) -> Tensor:
     out = unbatch_(t)
     out._nb = 0
     return out
+
+
+# ----- batch rules of the shape ops ---------------------------------------------------------------
+# rule(xp, impl, args, arrays, flags, params): `flags[i]` says whether arrays[i] carries the batch
+# dim; the result carries it. Ops without a rule run once per batch element (see _batched).
+from . import reduce as _reduce  # noqa: E402
+from . import shape as _shape  # noqa: E402
+from ._registry import shift_dims_rule  # noqa: E402
+
+
+def _has_array(index):
+    return any(hasattr(k, "shape") for k in index)
+
+
+def _reshape_rule(xp, impl, args, arrays, flags, params):
+    a = arrays[0]
+    return a.reshape(a.shape[:1] + tuple(params["shape"]))
+
+
+def _permute_rule(xp, impl, args, arrays, flags, params):
+    return xp.transpose(arrays[0], (0,) + tuple(d + 1 for d in params["dims"]))
+
+
+def _expand_rule(xp, impl, args, arrays, flags, params):
+    a, shape = arrays[0], tuple(params["shape"])
+    extra = len(shape) - args[0].ndim
+    if extra > 0:
+        a = a.reshape(a.shape[:1] + (1,) * extra + a.shape[1:])
+    return xp.broadcast_to(a, a.shape[:1] + shape)
+
+
+def _getitem_rule(xp, impl, args, arrays, flags, params):
+    index = params["index"]
+    a = arrays[0]
+    if _has_array(index):
+        return xp.stack([a[b][index] for b in range(a.shape[0])])
+    return a[(slice(None),) + tuple(index)]
+
+
+def _index_backward_rule(xp, impl, args, arrays, flags, params):
+    g, index, shape = arrays[0], params["index"], tuple(params["shape"])
+    if _has_array(index):
+        return xp.stack([impl(xp, g[b], index=index, shape=shape) for b in range(g.shape[0])])
+    out = xp.zeros(g.shape[:1] + shape, dtype=g.dtype)
+    out[(slice(None),) + tuple(index)] = g
+    return out
+
+
+_shape.reshape_.batch_rule = _reshape_rule
+_shape.permute_.batch_rule = _permute_rule
+_shape.expand_.batch_rule = _expand_rule
+_shape.getitem_.batch_rule = _getitem_rule
+_shape.index_backward_.batch_rule = _index_backward_rule
+_reduce.sum_op.batch_rule = shift_dims_rule
+for _op in (_shape.to_dtype_, _shape.to_device_):
+    _op.elementwise = True
+
+
+# ----- where a batched cotangent meets an unbatched input, and back --------------------------------
+def sum_batch(g: Tensor) -> Tensor:
+    """Sum a batched tensor over its batch dim (its input was broadcast over the batch)."""
+    return _reduce.sum_op(unbatch(g), dim=(0,), keepdim=False)
+
+
+def spread(g: Tensor, like) -> Tensor:
+    """An unbatched cotangent of a batched input: the same for every batch element."""
+    size = like._data.shape[0] if hasattr(like, "_data") else like._batch
+    return rebatch(_shape.expand(_shape.unsqueeze(g, 0), size, *g.shape))
