@@ -23,6 +23,7 @@ from .shape import (cat, chunk, concat, concatenate, flip, gather, index_select,
 clone_ = defop("clone", lambda xp, x: x.copy(), promote=KEEP, saves_ans=False,
                saves_inputs=False)
 defvjp(clone_, lambda g, ans, x: g)
+clone_.elementwise = True
 
 
 def clone(input, *, memory_format=None):

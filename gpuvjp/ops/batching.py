@@ -93,7 +93,7 @@ for _op in (_shape.to_dtype_, _shape.to_device_):
     _op.elementwise = True
 
 
-# ----- where a batched cotangent meets an unbatched input, and back --------------------------------
+# ----- where a batched cotangent meets an unbatched input, and back -----------------------------
 def sum_batch(g: Tensor) -> Tensor:
     """Sum a batched tensor over its batch dim (its input was broadcast over the batch)."""
     return _reduce.sum_op(unbatch(g), dim=(0,), keepdim=False)

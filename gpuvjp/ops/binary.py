@@ -109,7 +109,8 @@ minimum = defop("minimum", np.minimum, saves_ans=False)
 defvjp(minimum, lambda g, ans, x, y: _max_rule(g, x, y, -1),
                 lambda g, ans, x, y: _max_rule(g, y, x, -1))
 
-where_ = defop("where", lambda xp, c, x, y: xp.where(c, x, y), promote=KEEP, saves_ans=False)
+where_ = defop("where", lambda xp, c, x, y: xp.where(c, x, y), promote=KEEP, saves_ans=False,
+                elementwise=True)
 defvjp(where_, None,
        lambda g, ans, c, x, y: where_(c, g, zeros_like_(g)),
        lambda g, ans, c, x, y: where_(c, zeros_like_(g), g))
@@ -149,7 +150,7 @@ def _clamp_impl(xp, x, min, max):
     return xp.maximum(x, min) if max is None else xp.minimum(xp.maximum(x, min), max)
 
 
-clamp_ = defop("clamp", _clamp_impl, saves_ans=False)
+clamp_ = defop("clamp", _clamp_impl, saves_ans=False, elementwise=True)
 defvjp(clamp_, lambda g, ans, x, min, max: where_(_in_range(x, min, max), g, zeros_like_(g)))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from .._lazy import Pending
 from . import _kernels
 from . import shape as _shape
+from ..autograd._forward import deflinear
 from ._registry import FLOAT, KEEP, defop, defvjp
 from ._util import norm_dims
 from .binary import eq, logical_and, logical_or, maximum, minimum, ne, where
@@ -56,6 +57,7 @@ sum_op = defop("sum", _sum_impl, promote=KEEP, saves_ans=False,
 sum_op.gpu = _sum_gpu
 sum_op.takes_pending = True
 defvjp(sum_op, lambda g, ans, x, dim, keepdim: keep(g, dim, keepdim, x.shape))
+deflinear(sum_op)
 
 
 def sum_(input, dim=None, keepdim=False, *, dtype=None):

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import _device, _dtype
 from . import reduce as _reduce
+from ..autograd._forward import deflinear
 from ._registry import KEEP, defop, defvjp
 from ._util import broadcast_shapes, norm_dim, norm_dims, norm_shape
 
@@ -18,6 +19,7 @@ from ._util import broadcast_shapes, norm_dim, norm_dims, norm_shape
 to_dtype_ = defop("to_dtype", lambda xp, x, dtype: x.astype(dtype.np, copy=False),
                   promote=KEEP, saves_ans=False, saves_inputs=False)
 defvjp(to_dtype_, lambda g, ans, x, dtype: to_dtype(g, x.dtype))
+deflinear(to_dtype_)
 
 
 def to_dtype(x, dtype):
@@ -40,6 +42,7 @@ def _move(xp, x, device):
 to_device_ = defop("to_device", _move, promote=KEEP, saves_ans=False, saves_inputs=False)
 to_device_.moves_device = True
 defvjp(to_device_, lambda g, ans, x, device: to_device(g, x.device))
+deflinear(to_device_)
 
 
 def to_device(x, device):
@@ -93,6 +96,7 @@ def _infer(shape, numel):
 reshape_ = defop("reshape", lambda xp, x, shape: x.reshape(shape), promote=KEEP,
                  saves_ans=False, saves_inputs=False)
 defvjp(reshape_, lambda g, ans, x, shape: reshape(g, x.shape))
+deflinear(reshape_)
 
 
 def reshape(input, *shape):
@@ -122,6 +126,7 @@ def flatten(input, start_dim=0, end_dim=-1):
 permute_ = defop("permute", lambda xp, x, dims: xp.transpose(x, dims), promote=KEEP,
                  saves_ans=False, saves_inputs=False)
 defvjp(permute_, lambda g, ans, x, dims: permute(g, tuple(np.argsort(dims).tolist())))
+deflinear(permute_)
 
 
 def permute(input, *dims):
@@ -188,6 +193,7 @@ def squeeze(input, dim=None):
 expand_ = defop("expand", lambda xp, x, shape: xp.broadcast_to(x, shape), promote=KEEP,
                 saves_ans=False, saves_inputs=False)
 defvjp(expand_, lambda g, ans, x, shape: g)           # sum_to undoes the broadcast
+deflinear(expand_)
 
 
 def expand(input, *sizes):
@@ -258,6 +264,7 @@ index_backward_ = defop("index_backward",
                         promote=KEEP, saves_ans=False, saves_inputs=False)
 defvjp(getitem_, lambda g, ans, x, index: index_backward_(g, index=index, shape=x.shape))
 defvjp(index_backward_, lambda gg, ans, g, index, shape: getitem_(gg, index=index))
+deflinear(getitem_, index_backward_)
 
 
 def getitem(input, key):
