@@ -3,7 +3,8 @@
 # scripts/bench_*.py. Run from the repository root:  scripts/gpu_check.sh OUTDIR
 # OUTDIR gets env.txt, pytest_gpu.log, bench_vjp.{md,log}, one <bench>.md per other
 # benchmark and bench_others.log (no subfolders). Exits with pytest's exit code.
-# Time limits (seconds) may be overridden: PYTEST_TIMEOUT (default 240), BENCH_TIMEOUT (240).
+# Time limits (seconds) may be overridden: PYTEST_TIMEOUT (default 240), BENCH_TIMEOUT (240);
+# PYTEST_ARGS replaces the test paths (default: tests).
 set -u
 
 if [ $# -ne 1 ]; then
@@ -66,7 +67,7 @@ cat "$OUTDIR/env.txt"
 
 # ----- tests ------------------------------------------------------------------
 echo "=== pytest -m gpu (timeout ${PYTEST_TIMEOUT}s)"
-timeout "$PYTEST_TIMEOUT" python3 -m pytest -m gpu -q --maxfail=60 -rfE -p no:cacheprovider tests 2>&1 \
+timeout "$PYTEST_TIMEOUT" python3 -m pytest -m gpu -q --maxfail=60 -rfE -p no:cacheprovider ${PYTEST_ARGS:-tests} 2>&1 \
     | tee "$OUTDIR/pytest_gpu.log"
 pytest_rc=${PIPESTATUS[0]}
 echo "=== pytest exit code: $pytest_rc"
