@@ -71,9 +71,11 @@ def sum_of(family, fn, half):
     float16 and in T otherwise."""
     import cupy
 
+    # CuPy substitutes parameter names inside the expressions as plain substrings, so the
+    # names must not occur in `gv::<fn>`: "x" would hit "exp".
     ctype = "float" if half else "T"
     return cupy.ReductionKernel(
-        "T x", "T y", call_expr(fn, "T x", ctype), "a + b", "y = (T)a", "0",
+        "T src", "T dst", call_expr(fn, "T src", ctype), "a + b", "dst = (T)a", "0",
         f"gv_{fn}_sum", reduce_type=ctype if half else None, preamble=source(family))
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import gpuvjp as gv
+from tests.conftest import ORACLE_MESSAGES
 
 torch = pytest.importorskip("torch")
 
@@ -45,7 +46,9 @@ def error_of(call):
 def assert_same_error(program, device):
     want = error_of(lambda: program(Lib(torch)))
     got = error_of(lambda: program(Lib(gv, device)))
-    assert (type(got), str(got)) == (type(want), str(want))
+    assert type(got) is type(want)
+    if ORACLE_MESSAGES:
+        assert str(got) == str(want)
 
 
 def outcome(program, L):

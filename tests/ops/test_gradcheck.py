@@ -105,3 +105,19 @@ def test_noncontiguous_input(device, rng):
     a = rng.uniform(-2, 2, size=(4, 3)).T
     gradcheck(lambda x: (x * x).sum(dim=0), [a], device, rng)
     assert np.isfinite(a).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("shape", [(1024, 1024), (300, 2048), (5, 3, 4096)])
+def test_lazy_exp_sum_on_large_inputs(shape, dtype, rng):
+    """x.exp().sum(dim) on the GPU runs as one reduction over a pending exp: compare value and
+    vjp with NumPy at sizes where CuPy picks its large-reduction code paths."""
+    x = rng.uniform(-1, 1, size=shape).astype(dtype)
+    xg = gv.tensor(x, device="cuda")
+    v = gv.ones(shape[:-1], dtype=getattr(gv, dtype), device="cuda")
+    out, g = gv.vjp(lambda t: t.exp().sum(dim=-1), xg, v)
+    want = np.exp(x.astype(np.float64))
+    tol = 1e-2 if dtype == "float16" else 1e-5
+    np.testing.assert_allclose(out.numpy(), want.sum(-1), rtol=tol)
+    np.testing.assert_allclose(g.numpy(), want, rtol=tol)
