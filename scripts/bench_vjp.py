@@ -212,6 +212,9 @@ def load_jax():
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
         import jax
+        # full float32 matmuls, as gpuvjp and torch compute them (JAX's default rounds
+        # matmul inputs on the GPU)
+        jax.config.update("jax_default_matmul_precision", "highest")
         return jax, jax.devices("gpu")[0]
     except Exception as e:      # absent, or no GPU backend
         print(f"# jax skipped: {type(e).__name__}: {e}", file=sys.stderr)
@@ -415,6 +418,9 @@ def device_name(device):
 
 
 def git_commit():
+    """The commit measured: GPUVJP_COMMIT where the tree travelled without its .git."""
+    if os.environ.get("GPUVJP_COMMIT"):
+        return os.environ["GPUVJP_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5, cwd=os.path.dirname(os.path.abspath(__file__)))

@@ -25,7 +25,7 @@ BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
 # ----- environment ------------------------------------------------------------
 {
     echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo none)"
+    echo "commit: ${GPUVJP_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo none)}"
     echo
     nvidia-smi 2>&1 || echo "nvidia-smi failed"
     echo
