@@ -14,8 +14,8 @@ template <typename T> __device__ T sigmoid_fwd(T x) {
 }
 template <typename T> __device__ T sigmoid_bwd(T g, T ans) { return g * ans * (T(1) - ans); }
 
-// relu: y = max(x, 0), gx = g where y > 0 else 0 (0 at x == 0, as PyTorch)
-template <typename T> __device__ T relu_bwd(T g, T ans) { return ans > T(0) ? g : T(0); }
+// relu: y = max(x, 0), gx = 0 where y <= 0 else g (0 at x == 0; nan passes g, as PyTorch)
+template <typename T> __device__ T relu_bwd(T g, T ans) { return ans <= T(0) ? T(0) : g; }
 
 // rsqrt: y = 1 / sqrt(x) in one launch (the gradient -y^3 / 2 is composed from ops)
 template <typename T> __device__ T rsqrt_fwd(T x) { return T(1) / sqrt(x); }

@@ -34,12 +34,12 @@ def _check_func(func, fn_name):
                         f"{type(func).__name__}")
 
 
-def _grad_preprocess(inputs, create_graph, need_graph):
+def _grad_preprocess(inputs, create_graph, need_graph, fn_name=None):
     """New Tensor objects for the inputs, so that gradients are taken with respect to exactly
     these (and never accumulate into the caller's tensors)."""
     from ..ops.shape import reshape_
     out = []
-    for t in inputs:
+    for i, t in enumerate(inputs):
         if create_graph and t.requires_grad:
             out.append(reshape_(t, shape=t.shape))          # a differentiable shallow copy
         else:
@@ -47,8 +47,10 @@ def _grad_preprocess(inputs, create_graph, need_graph):
             if need_graph and d._dtype.is_floating_point:
                 d._requires_grad = True
             elif need_graph:
-                raise RuntimeError("only Tensors of floating point dtype can "
-                                   "require gradients")
+                where = f" (the value at index {i} of the inputs given to {fn_name} has " \
+                        f"dtype {d._dtype.name})" if fn_name else ""
+                raise RuntimeError(f"only Tensors of floating point dtype can require "
+                                   f"gradients{where}")
             out.append(d)
     return tuple(out)
 
@@ -171,7 +173,7 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
     _check_func(func, "vjp")
     with _mode.enable_grad():
         is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "vjp")
-        inputs = _grad_preprocess(inputs, create_graph, need_graph=True)
+        inputs = _grad_preprocess(inputs, create_graph, need_graph=True, fn_name="vjp")
         outputs = func(*inputs)
         is_outputs_tuple, outputs = _as_tuple(
             outputs, "outputs of the user-provided function", "vjp")
@@ -208,18 +210,11 @@ def _jvp_forward(func, inputs, v=None, create_graph=False):
     """jvp in forward mode: each input carries its tangent through func, one pass."""
     from .._creation import ones_like, zeros_like
     _check_func(func, "jvp")
-    is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "jvp")
-    inputs = _grad_preprocess(inputs, create_graph, need_graph=True)
-    if v is not None:
-        _, v = _as_tuple(v, "v", "jvp")
-        v = _grad_preprocess(v, create_graph, need_graph=False)
-        _validate_v(v, inputs, is_inputs_tuple)
-    elif len(inputs) != 1 or inputs[0].numel() != 1:
-        raise RuntimeError("The vector v can only be None if the input to the user-provided "
-                           "function is a single Tensor with a single element.")
-    else:
+    is_inputs_tuple, inputs, v = _inputs_and_v(inputs, v, create_graph, "jvp")
+    if v is None:
         v = (ones_like(inputs[0]),)
-    with _mode.set_grad_enabled(create_graph), forward_ad.dual_level():
+    # func runs with grad enabled, as PyTorch's jvp runs it (it may differentiate inside)
+    with _mode.enable_grad(), forward_ad.dual_level():
         for inp, t in zip(inputs, v):               # inputs are our own copies
             inp._tangent = _as_tangent(t, inp)
         outputs = func(*inputs)
@@ -230,6 +225,21 @@ def _jvp_forward(func, inputs, v=None, create_graph=False):
         t._tangent = None
     return (_unpack(_grad_postprocess(outputs, create_graph), is_outputs_tuple),
             _unpack(_grad_postprocess(result, create_graph), is_outputs_tuple))
+
+
+def _inputs_and_v(inputs, v, create_graph, fn_name):
+    """(was inputs a tuple, our copies of the inputs, v checked against them or None), for
+    the functions whose v pairs with the inputs."""
+    is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", fn_name)
+    inputs = _grad_preprocess(inputs, create_graph, need_graph=True, fn_name=fn_name)
+    if v is not None:
+        _, v = _as_tuple(v, "v", fn_name)
+        v = _grad_preprocess(v, create_graph, need_graph=False)
+        _validate_v(v, inputs, is_inputs_tuple)
+    elif len(inputs) != 1 or inputs[0].numel() != 1:
+        raise RuntimeError("The vector v can only be None if the input to the user-provided "
+                           "function is a single Tensor with a single element.")
+    return is_inputs_tuple, inputs, v
 
 
 def _as_tangent(t, like):
@@ -243,16 +253,7 @@ def _jvp_double_backward(func, inputs, v=None, create_graph=False, strict=False)
     from .._creation import zeros_like
     _check_func(func, "jvp")
     with _mode.enable_grad():
-        is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "jvp")
-        inputs = _grad_preprocess(inputs, create_graph, need_graph=True)
-        if v is not None:
-            _, v = _as_tuple(v, "v", "jvp")
-            v = _grad_preprocess(v, create_graph, need_graph=False)
-            _validate_v(v, inputs, is_inputs_tuple)
-        elif len(inputs) != 1 or inputs[0].numel() != 1:
-            raise RuntimeError("The vector v can only be None if the input to the "
-                               "user-provided function is a single Tensor with a single "
-                               "element.")
+        is_inputs_tuple, inputs, v = _inputs_and_v(inputs, v, create_graph, "jvp")
         outputs = func(*inputs)
         is_outputs_tuple, outputs = _as_tuple(
             outputs, "outputs of the user-provided function", "jvp")
@@ -421,7 +422,7 @@ def jacobian(func, inputs, create_graph=False, strict=False, vectorize=False,
 
     with _mode.enable_grad():
         is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "jacobian")
-        inputs = _grad_preprocess(inputs, create_graph, need_graph=True)
+        inputs = _grad_preprocess(inputs, create_graph, need_graph=True, fn_name="jacobian")
         outputs = func(*inputs)
         is_outputs_tuple, outputs = _as_tuple(
             outputs, "outputs of the user-provided function", "jacobian")
@@ -507,6 +508,10 @@ def _jacfwd(func, inputs, strict, vectorize, chunk_size):
             "are not supported together (yet). Please either set `strict=False` or "
             "`strategy=\"reverse-mode\"`.")
     is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "jacobian")
+    for t in inputs:
+        if not t.dtype.is_floating_point:
+            raise ValueError(f"Expected primal to be floating point or complex, but got: "
+                             f"torch.{t.dtype.name}")
     if not vectorize:
         raise NotImplementedError(
             "Computing Jacobian using forward-AD or forward-over-reverse Hessian is"
@@ -590,15 +595,7 @@ def hessian(func, inputs, create_graph=False, strict=False, vectorize=False,
 def _scalar_output(func, inputs, v, create_graph, strict, fn_name):
     """vhp's and hvp's common start, under enable_grad: (is the input a tuple, the inputs, v,
     the outputs, the gradient of the single output with a graph)."""
-    is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", fn_name)
-    inputs = _grad_preprocess(inputs, create_graph, need_graph=True)
-    if v is not None:
-        _, v = _as_tuple(v, "v", fn_name)
-        v = _grad_preprocess(v, create_graph, need_graph=False)
-        _validate_v(v, inputs, is_inputs_tuple)
-    elif len(inputs) != 1 or inputs[0].numel() != 1:
-        raise RuntimeError("The vector v can only be None if the input to the user-provided "
-                           "function is a single Tensor with a single element.")
+    is_inputs_tuple, inputs, v = _inputs_and_v(inputs, v, create_graph, fn_name)
     outputs = func(*inputs)
     is_outputs_tuple, outputs = _as_tuple(outputs, "outputs of the user-provided function",
                                           fn_name)

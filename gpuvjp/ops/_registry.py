@@ -144,7 +144,8 @@ def apply(op, args, params):
         elif op.lazy and gpu:
             out = Pending(op, arrays[0])
         elif not gpu:
-            out = op.impl(np, *arrays, **params)
+            with np.errstate(all="ignore"):    # nan and inf propagate silently, as PyTorch
+                out = op.impl(np, *arrays, **params)
             if type(out) is not np.ndarray and not op.moves_device:
                 out = np.asarray(out)
         else:
@@ -185,7 +186,7 @@ def _batched(op, args, arrays, params, dev):
     xp = _device.array_module(dev)
     impl = op.impl if dev.type == "cpu" else (op.gpu or op.impl)
     flags = [isinstance(a, Tensor) and a._nb > 0 for a in args]
-    with _device.use(dev):
+    with _device.use(dev), np.errstate(all="ignore"):
         if op.batch_rule is not None:
             return op.batch_rule(xp, impl, args, arrays, flags, params)
         if op.elementwise:

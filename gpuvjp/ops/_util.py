@@ -56,7 +56,8 @@ def broadcast_shapes(a, b, what="tensors"):
     a = (1,) * (n - len(a)) + tuple(a)
     b = (1,) * (n - len(b)) + tuple(b)
     out = []
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i in reversed(range(n)):             # from the trailing dim, as PyTorch reports it
+        x, y = a[i], b[i]
         if x == y or y == 1:
             out.append(x)
         elif x == 1:
@@ -65,4 +66,4 @@ def broadcast_shapes(a, b, what="tensors"):
             raise RuntimeError(
                 f"The size of tensor a ({x}) must match the size of tensor b ({y}) at "
                 f"non-singleton dimension {i}")
-    return tuple(out)
+    return tuple(reversed(out))

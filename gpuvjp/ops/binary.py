@@ -42,9 +42,20 @@ defvjp(div_bwd_y, lambda gg, _, g, ans, y: div_bwd_y(gg, ans, y),
 
 # ----- pow -------------------------------------------------------------------------------------
 # z = x^y, dz/dx = y x^(y-1) (0 where y == 0), dz/dy = z log(x) (0 where x == 0 and y >= 0)
-pow_ = defop("pow", np.power)
+def _pow_exact(xp, x, e):
+    """x^e with PyTorch's special cases: e = 1/2 is sqrt, e = -1/2 is 1 / sqrt (they differ
+    from pow at -0 and -inf)."""
+    if isinstance(e, float) and e in (0.5, -0.5) and x.dtype.kind == "f":
+        r = xp.sqrt(x)
+        return r if e > 0 else x.dtype.type(1) / r
+    if hasattr(e, "dtype") and e.dtype.kind == "f":
+        return xp.where(e == 0.5, xp.sqrt(x), xp.where(e == -0.5, 1 / xp.sqrt(x), xp.power(x, e)))
+    return xp.power(x, e)
+
+
+pow_ = defop("pow", _pow_exact, elementwise=True)
 pow_bwd_x = fused("pow_bwd_x", "binary", "T g, T x, T y", "T gx",
-                  twin=lambda g, x, y: np.where(y == 0, 0, g * y * np.power(x, y - 1)))
+                  twin=lambda g, x, y: np.where(y == 0, 0, g * y * _pow_exact(np, x, y - 1)))
 pow_bwd_y = fused("pow_bwd_y", "binary", "T g, T ans, T x, T y", "T gy",
                   twin=lambda g, ans, x, y: np.where((x == 0) & (y >= 0), 0, g * ans * np.log(
                       np.where((x == 0) & (y >= 0), 1, x))))
@@ -96,9 +107,9 @@ arctan2 = atan2
 # ----- maximum, minimum, where -----------------------------------------------------------------
 # Ties split the gradient in half, as PyTorch.
 def _max_rule(g, x, y, sign):
-    tie = eq(x, y)
-    win = gt(x, y) if sign > 0 else lt(x, y)
-    return where(tie, g / 2, where(win, g, zeros_like_(g)))
+    # zero only where x loses outright, so a nan operand passes g to both (PyTorch's rule)
+    lose = lt(x, y) if sign > 0 else gt(x, y)
+    return where(eq(x, y), g / 2, where(lose, zeros_like_(g), g))
 
 
 maximum = defop("maximum", np.maximum, saves_ans=False)

@@ -12,7 +12,14 @@ def _shape_str(s):
     return "x".join(str(n) for n in s) if s else "scalar"
 
 
+_TORCH_NAMES = {"float16": "Half", "float32": "float", "float64": "double", "int32": "int",
+                "int64": "long int", "bool": "bool"}
+
+
 def _check_matmul(x, y):
+    if x._dtype is not y._dtype:
+        raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: "
+                           f"{_TORCH_NAMES[x._dtype.name]} != {_TORCH_NAMES[y._dtype.name]}")
     if x.ndim == 0 or y.ndim == 0:
         raise RuntimeError(
             f"both arguments to matmul need to be at least 1D, but they are {x.ndim}D and "

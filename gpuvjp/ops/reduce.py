@@ -13,7 +13,7 @@ from ..autograd._forward import deflinear
 from ._registry import FLOAT, KEEP, defop, defvjp
 from ._util import norm_dims
 from .binary import eq, logical_and, logical_or, maximum, minimum, ne, where
-from .unary import abs_, exp, sign
+from .unary import abs_, exp, sign, zeros_like_
 
 
 def _acc_dtype(a):
@@ -148,6 +148,8 @@ def prod_vjp(g, ans, x, dim, keepdim):
     if not _any_zero(x):
         return g * (ans / x)
     zero = eq(x, 0)
+    if len(dim) == x.ndim and int(sum_op(zero, dim=dim, keepdim=False).item()) > 1:
+        return zeros_like_(x)          # PyTorch: two zeros in a full product, no gradient
     xn, xz = where(zero, 1.0, x), where(zero, x, 1.0)       # the non-zeros, the zeros
     pn = prod_op(xn, dim=dim, keepdim=True)
     pz = prod_op(xz, dim=dim, keepdim=True)

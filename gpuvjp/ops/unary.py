@@ -82,12 +82,13 @@ defvjp(sigmoid_bwd, lambda gg, _, g, ans: sigmoid_bwd(gg, ans),
 # as PyTorch's does, so a second derivative is zero but still connected to x.
 relu = defop("relu", lambda xp, x: xp.maximum(x, x.dtype.type(0)), elementwise=True)
 relu_bwd = fused("relu_bwd", "unary", "T g, T ans", "T gx",
-                 twin=lambda g, ans: np.where(ans > 0, g, np.zeros_like(g)))
+                 twin=lambda g, ans: np.where(ans <= 0, np.zeros_like(g), g))
 defvjp(relu, lambda g, ans, x: relu_bwd(g, ans))
 defvjp(relu_bwd, lambda gg, _, g, ans: relu_bwd(gg, ans), lambda gg, _, g, ans: zeros_like_(gg))
 
 # ----- abs, sign -------------------------------------------------------------------------------
-sign = defop("sign", np.sign, saves_ans=False)
+sign = defop("sign", lambda xp, x: xp.where(xp.isnan(x), x.dtype.type(0), xp.sign(x)),
+             saves_ans=False, elementwise=True)      # sign(nan) = 0, as PyTorch
 defvjp(sign, lambda g, ans, x: g * 0)
 
 abs_ = defop("abs", np.absolute, saves_ans=False)
