@@ -7,7 +7,7 @@ from . import binary, linalg, reduce, shape, unary
 from ._registry import KEEP, REGISTRY, defop, defvjp
 from .binary import (add, clamp, clip, div, eq, ge, gt, le, logical_and, logical_not,
                      logical_or, logical_xor, lt, maximum, minimum, mul, ne, pow, sub, where)
-from .linalg import bmm, dot, matmul, mm, mv, outer
+from .linalg import bmm, dot, einsum, matmul, mm, mv, outer
 from .reduce import mean, sum_
 from .shape import (broadcast_tensors, broadcast_to, contiguous, expand, flatten, permute,
                     reshape, squeeze, t, transpose, unsqueeze, view)
@@ -85,6 +85,6 @@ Tensor.T = property(lambda self: permute(self, *reversed(range(self.ndim))))
 Tensor.mT = property(lambda self: transpose(self, -2, -1))
 Tensor.flip = shape.flip_method
 
-__all__ = sorted(set(METHODS) | {"where", "REGISTRY", "broadcast_tensors", "true_divide",
+__all__ = sorted(set(METHODS) | {"where", "einsum", "REGISTRY", "broadcast_tensors", "true_divide",
                                   "cat", "concat", "concatenate", "stack"})
 _ = (binary, linalg, reduce, unary)

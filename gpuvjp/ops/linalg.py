@@ -152,3 +152,103 @@ def outer(input, vec2):
     if input.ndim != 1 or vec2.ndim != 1:
         raise RuntimeError(f"outer: expected 1D tensors, got {input.ndim}D and {vec2.ndim}D")
     return _shape.unsqueeze(input, 1) * _shape.unsqueeze(vec2, 0)
+
+
+# ----- einsum ----------------------------------------------------------------------------------
+# z = einsum(eq, x1, ..., xn) is linear in each operand: the cotangent of operand i is the
+# einsum of g with the other operands onto operand i's subscripts, expanded over any index
+# that only operand i carries (it was summed away).
+def _einsum_impl(xp, *arrays, equation):
+    return xp.einsum(equation, *arrays)
+
+
+einsum_ = defop("einsum", _einsum_impl, saves_ans=False)
+
+
+def _einsum_rule(i):
+    def rule(g, ans, *operands, equation):
+        lhs, rhs = equation.split("->")
+        subs = lhs.split(",")
+        mine = subs[i]
+        others = [(s, x) for j, (s, x) in enumerate(zip(subs, operands)) if j != i]
+        avail = set(rhs) | {c for s, _ in others for c in s}
+        kept = "".join(c for c in mine if c in avail)
+        eq = ",".join([rhs] + [s for s, _ in others]) + "->" + kept
+        gi = einsum_(g, *[x for _, x in others], equation=eq)
+        if kept != mine:                      # indices only this operand had: broadcast back
+            shape = operands[i].shape
+            for pos, c in enumerate(mine):
+                if c not in avail:
+                    gi = _shape.unsqueeze(gi, pos)
+            gi = _shape.expand(gi, *shape)
+        return gi
+    return rule
+
+
+def _einsum_jvp(i):
+    def rule(t, ans, *operands, equation):
+        args = list(operands)
+        args[i] = t
+        return einsum_(*args, equation=equation)
+    return rule
+
+
+# One rule per operand position; an equation has at most 52 distinct letters, so at most as
+# many operands carry an index of their own.
+defvjp(einsum_, *[_einsum_rule(i) for i in range(52)])
+defjvp(einsum_, *[_einsum_jvp(i) for i in range(52)])
+
+
+def einsum(equation, *operands):
+    """Same as `torch.einsum` (any number of operands, '...' allowed); an index repeated
+    within one operand (a diagonal) is supported in the forward pass only."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if not isinstance(equation, str):
+        raise TypeError(f"einsum(): equation must be a str, got {type(equation).__name__}")
+    for k, x in enumerate(operands):
+        if not hasattr(x, "_dev"):
+            raise TypeError(f"einsum(): operand {k} must be a Tensor, got {type(x).__name__}")
+    eq = _einsum_normalise(equation.replace(" ", ""), operands)
+    subs = eq.split("->")[0].split(",")
+    if any(len(set(s)) != len(s) for s in subs) and any(x.requires_grad for x in operands):
+        raise NotImplementedError("einsum: gradients through an index repeated within one "
+                                  "operand (a diagonal) are not supported")
+    return einsum_(*operands, equation=eq)
+
+
+def _einsum_normalise(equation, operands):
+    """An explicit equation: '...' spelled out as letters, the output given."""
+    lhs, arrow, rhs = equation.partition("->")
+    subs = lhs.split(",")
+    if len(subs) != len(operands):
+        more = "more" if len(operands) > len(subs) else "fewer"
+        raise RuntimeError(f"einsum(): {more} operands were provided than specified in the "
+                           "equation")
+    used = set(equation)
+    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in used]
+    n_ell = max((x.ndim - (len(s) - 3) for s, x in zip(subs, operands) if "..." in s),
+                default=0)
+    ell = "".join(spare[:n_ell])
+    out = []
+    for k, (s, x) in enumerate(zip(subs, operands)):
+        if "..." in s:
+            n = x.ndim - (len(s) - 3)
+            s = s.replace("...", ell[n_ell - n:] if n else "")
+        if not s.isalpha() and s:
+            raise RuntimeError(f"einsum(): invalid subscript given at index {k} in the equation")
+        if len(s) != x.ndim:
+            raise RuntimeError(f"einsum(): the number of subscripts in the equation "
+                               f"({len(s)}) does not match the number of dimensions "
+                               f"({x.ndim}) for operand {k}"
+                               + (" and no ellipsis was given" if "..." not in lhs else ""))
+        out.append(s)
+    if arrow:
+        rhs = rhs.replace("...", ell)
+    else:
+        counts = {}
+        for s in out:
+            for c in s:
+                counts[c] = counts.get(c, 0) + 1
+        rhs = ell + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ell))
+    return ",".join(out) + "->" + rhs

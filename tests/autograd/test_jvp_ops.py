@@ -49,6 +49,7 @@ def _programs():
         if name == "broadcast_to":              # written with gv.broadcast_to: gv only
             continue
         progs[f"shape-{name}"] = (lambda m, x, _f=f: _f(x), (-2, 2), [(2, 3, 4)])
+    progs["einsum"] = (lambda m, x, y: m.einsum("ij,jk->ik", x, y), (-2, 2), [(2, 3), (3, 4)])
     progs["broadcast_to"] = (lambda m, x: m.broadcast_to(x[0, :1], (3, 3, 4)).cos(), (-2, 2),
                              [(2, 3, 4)])
     for name in ("basic", "int", "neg_int", "none_ellipsis"):
