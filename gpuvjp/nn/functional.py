@@ -9,13 +9,13 @@ import numpy as np
 
 from .. import _dtype
 from ..ops import matmul, sigmoid, tanh
-from ..ops._registry import KEEP, defop, defvjp
+from ..ops._registry import KEEP, defop, defvjp, fused
 from ..ops._util import norm_dim
 from ..ops.binary import ne, where
 from ..ops.reduce import mean, sum_
 from ..ops.shape import (broadcast_tensors, gather, index_select, reshape, squeeze, to_dtype,
                          unsqueeze)
-from ..ops.unary import erf, exp, log1p
+from ..ops.unary import _erf_twin, _in_float, exp
 from ..ops.unary import relu as _relu
 
 __all__ = ["relu", "gelu", "silu", "softplus", "sigmoid", "tanh", "softmax", "log_softmax",
@@ -51,16 +51,87 @@ def relu(input, inplace=False):
     return _relu(input)
 
 
+# ----- gelu, silu, softplus: one fused launch forward and one backward ----------------------------
 _SQRT_HALF = math.sqrt(0.5)
-_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+_K = math.sqrt(2 / math.pi)
+_C = 0.044715
 
 
-def _gelu_erf(x):
-    return 0.5 * x * (1 + erf(x * _SQRT_HALF))
+def _twin_sigmoid(z):
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-z))
 
 
-def _gelu_tanh(x):
-    return 0.5 * x * (1 + tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x))))
+def _gelu_twin(x):
+    return _in_float(x, lambda a: 0.5 * a * (1 + _erf_twin(a * _SQRT_HALF)))
+
+
+def _gelu_bwd_twin(g, x):
+    def f(g, a):
+        cdf = 0.5 * (1 + _erf_twin(a * _SQRT_HALF))
+        return g * (cdf + a * _INV_SQRT_2PI * np.exp(-0.5 * a * a))
+    return _in_float(g, f, x)
+
+
+def _gelu_tanh_twin(x):
+    return _in_float(x, lambda a: 0.5 * a * (1 + np.tanh(_K * (a + _C * a * a * a))))
+
+
+def _gelu_tanh_bwd_twin(g, x):
+    def f(g, a):
+        t = np.tanh(_K * (a + _C * a * a * a))
+        return g * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * _K * (1 + 3 * _C * a * a))
+    return _in_float(g, f, x)
+
+
+def _silu_twin(x):
+    return _in_float(x, lambda a: a * _twin_sigmoid(a))
+
+
+def _silu_bwd_twin(g, x):
+    def f(g, a):
+        s = _twin_sigmoid(a)
+        return g * s * (1 + a * (1 - s))
+    return _in_float(g, f, x)
+
+
+def _softplus_twin(x, beta, threshold):
+    def f(a, beta, threshold):
+        z = a * beta
+        with np.errstate(over="ignore"):
+            return np.where(z > threshold, a, np.log1p(np.exp(np.minimum(z, threshold))) / beta)
+    return _in_float(x, f, beta, threshold)
+
+
+def _softplus_bwd_twin(g, x, beta, threshold):
+    def f(g, a, beta, threshold):
+        z = a * beta
+        return np.where(z > threshold, g, g * _twin_sigmoid(z))
+    return _in_float(g, f, x, beta, threshold)
+
+
+# y = x Phi(x), dy/dx = Phi(x) + x phi(x), d2y/dx2 = phi(x) (2 - x^2)
+gelu_ = fused("gelu_fwd", "nn", "T x", "T y", twin=_gelu_twin, public="gelu", saves_ans=False)
+gelu_bwd = fused("gelu_bwd", "nn", "T g, T x", "T gx", twin=_gelu_bwd_twin)
+defvjp(gelu_, lambda g, ans, x: gelu_bwd(g, x))
+defvjp(gelu_bwd, lambda gg, _, g, x: gelu_bwd(gg, x),
+                 lambda gg, _, g, x: gg * g * (exp(-0.5 * x * x) * _INV_SQRT_2PI) * (2 - x * x))
+
+
+def _gelu_tanh_second(x):
+    # y' = 0.5 (1 + t) + 0.5 x (1 - t^2) u', so y'' = (1 - t^2) (u' + 0.5 x (u'' - 2 t u'^2))
+    t = tanh(_K * (x + _C * x * x * x))
+    du, ddu = _K * (1 + 3 * _C * x * x), 6 * _K * _C * x
+    return (1 - t * t) * (du + 0.5 * x * (ddu - 2 * t * du * du))
+
+
+gelu_tanh_ = fused("gelu_tanh_fwd", "nn", "T x", "T y", twin=_gelu_tanh_twin,
+                   public="gelu_tanh", saves_ans=False)
+gelu_tanh_bwd = fused("gelu_tanh_bwd", "nn", "T g, T x", "T gx", twin=_gelu_tanh_bwd_twin)
+defvjp(gelu_tanh_, lambda g, ans, x: gelu_tanh_bwd(g, x))
+defvjp(gelu_tanh_bwd, lambda gg, _, g, x: gelu_tanh_bwd(gg, x),
+                      lambda gg, _, g, x: gg * g * _gelu_tanh_second(x))
 
 
 def gelu(input, approximate="none"):
@@ -68,28 +139,56 @@ def gelu(input, approximate="none"):
     if approximate not in ("none", "tanh"):
         raise RuntimeError("approximate argument must be either none or tanh.")
     _need_float(input, "GeluKernelImpl")
-    return _in_float32(_gelu_erf if approximate == "none" else _gelu_tanh, input)
+    return (gelu_ if approximate == "none" else gelu_tanh_)(input)
+
+
+# y = x s, s = sigmoid(x): dy/dx = s (1 + x (1 - s)), d2y/dx2 = s (1 - s) (2 + x (1 - 2 s))
+silu_ = fused("silu_fwd", "nn", "T x", "T y", twin=_silu_twin, public="silu", saves_ans=False)
+silu_bwd = fused("silu_bwd", "nn", "T g, T x", "T gx", twin=_silu_bwd_twin)
+defvjp(silu_, lambda g, ans, x: silu_bwd(g, x))
+
+
+def _silu_second(x):
+    s = sigmoid(x)
+    return s * (1 - s) * (2 + x * (1 - 2 * s))
+
+
+defvjp(silu_bwd, lambda gg, _, g, x: silu_bwd(gg, x),
+                 lambda gg, _, g, x: gg * g * _silu_second(x))
 
 
 def silu(input, inplace=False):
     """Same as `torch.nn.functional.silu`: x sigmoid(x)."""
     _need_float(input, "silu_cpu")
-    return _in_float32(lambda x: x * sigmoid(x), input)
+    return silu_(input)
+
+
+# z = beta x; y = log(1 + exp(z)) / beta (x where z > threshold): dy/dx = sigmoid(z) (1 in the
+# linear branch), d2y/dx2 = beta sigmoid(z) (1 - sigmoid(z)) (0 in the linear branch)
+softplus_ = fused("softplus_fwd", "nn", "T x, T beta, T threshold", "T y", twin=_softplus_twin,
+                  public="softplus", saves_ans=False)
+softplus_bwd = fused("softplus_bwd", "nn", "T g, T x, T beta, T threshold", "T gx",
+                     twin=_softplus_bwd_twin)
+defvjp(softplus_, lambda g, ans, x, beta, threshold: softplus_bwd(g, x, beta, threshold),
+       None, None)
+
+
+def _softplus_second(x, beta, threshold):
+    z = x * beta
+    s = sigmoid(z)
+    return where(z > threshold, 0.0, beta * s * (1 - s))
+
+
+defvjp(softplus_bwd, lambda gg, _, g, x, beta, threshold: softplus_bwd(gg, x, beta, threshold),
+                     lambda gg, _, g, x, beta, threshold: gg * g * _softplus_second(
+                         x, beta, threshold), None, None)
 
 
 def softplus(input, beta=1.0, threshold=20.0):
     """Same as `torch.nn.functional.softplus`: log(1 + exp(beta x)) / beta, and x where
     beta x > threshold."""
     _need_float(input, "softplus_cpu")
-
-    def f(x):
-        z = x * beta if beta != 1 else x
-        linear = z > threshold
-        # exp's argument is capped where the linear branch wins: no overflow there, so no
-        # inf * 0 = nan in that branch's discarded gradient (while a nan input stays nan)
-        soft = log1p(exp(where(linear, threshold, z)))
-        return where(linear, x, soft / beta if beta != 1 else soft)
-    return _in_float32(f, input)
+    return softplus_(input, beta, threshold)
 
 
 # ----- softmax, log_softmax ----------------------------------------------------------------------
@@ -116,11 +215,21 @@ def _softmax_impl(xp, x, dim, log):
 
 softmax_ = defop("softmax", lambda xp, x, dim: _softmax_impl(xp, x, dim, False), promote=KEEP,
                  saves_inputs=False)
-defvjp(softmax_, lambda g, ans, x, dim: ans * (g - sum_(g * ans, dim, keepdim=True)))
+softmax_bwd = fused("softmax_bwd", "nn", "T g, T ans, T s", "T gx",
+                    twin=lambda g, ans, s: ans * (g - s))
+defvjp(softmax_, lambda g, ans, x, dim: softmax_bwd(g, ans, sum_(g * ans, dim, keepdim=True)))
+defvjp(softmax_bwd, lambda gg, _, g, ans, s: gg * ans,
+                    lambda gg, _, g, ans, s: gg * (g - s),
+                    lambda gg, _, g, ans, s: -(gg * ans))
 
 log_softmax_ = defop("log_softmax", lambda xp, x, dim: _softmax_impl(xp, x, dim, True),
                      promote=KEEP, saves_inputs=False)
-defvjp(log_softmax_, lambda g, ans, x, dim: g - exp(ans) * sum_(g, dim, keepdim=True))
+log_softmax_bwd = fused("log_softmax_bwd", "nn", "T g, T ans, T s", "T gx",
+                        twin=lambda g, ans, s: g - np.exp(ans) * s)
+defvjp(log_softmax_, lambda g, ans, x, dim: log_softmax_bwd(g, ans, sum_(g, dim, keepdim=True)))
+defvjp(log_softmax_bwd, lambda gg, _, g, ans, s: gg,
+                        lambda gg, _, g, ans, s: -(gg * exp(ans) * s),
+                        lambda gg, _, g, ans, s: -(gg * exp(ans)))
 
 
 def _get_softmax_dim(name, ndim, stacklevel):
