@@ -10,10 +10,10 @@ from .._lazy import Pending
 from . import _kernels
 from . import shape as _shape
 from ..autograd._forward import deflinear
-from ._registry import FLOAT, KEEP, defop, defvjp
+from ._registry import FLOAT, KEEP, defop, defvjp, fused
 from ._util import norm_dims
 from .binary import eq, logical_and, logical_or, maximum, minimum, ne, where
-from .unary import abs_, exp, sign, zeros_like_
+from .unary import abs_, sign, zeros_like_
 
 
 def _acc_dtype(a):
@@ -374,11 +374,17 @@ def _logsumexp_impl(xp, x, dim, keepdim):
 
 
 def logsumexp_vjp(g, ans, x, dim, keepdim):
-    return keep(g, dim, keepdim, x.shape) * exp(x - keep(ans, dim, keepdim, x.shape))
+    return logsumexp_bwd(keep(g, dim, keepdim, x.shape), x, keep(ans, dim, keepdim, x.shape))
 
 
 logsumexp_op = defop("logsumexp", _logsumexp_impl, promote=FLOAT)
 defvjp(logsumexp_op, logsumexp_vjp)
+# z = g exp(x - y): one launch instead of three; dz/dx = z, dz/dy = -z
+logsumexp_bwd = fused("logsumexp_bwd", "reduce", "T g, T x, T ans", "T gx",
+                      twin=lambda g, x, ans: g * np.exp(x - ans))
+defvjp(logsumexp_bwd, lambda gg, _, g, x, ans: logsumexp_bwd(gg, x, ans),
+                      lambda gg, z, g, x, ans: gg * z,
+                      lambda gg, z, g, x, ans: -(gg * z))
 
 
 def logsumexp(input, dim, keepdim=False):
@@ -484,12 +490,12 @@ def _std_impl(xp, x, dim, correction, keepdim, full):
 
 def var_vjp(g, ans, x, dim, correction, keepdim, full):
     g = keep(g, dim, keepdim, x.shape)
-    centered = x - mean(x, dim=dim, keepdim=True)
     dof = _numel(x.shape, dim) - correction
     if full and dof <= 0:
-            return g * where(eq(centered, 0), math.nan, math.inf)
+        centered = x - mean(x, dim=dim, keepdim=True)
+        return g * where(eq(centered, 0), math.nan, math.inf)
     scale = 2.0 / dof if dof != 0 else math.inf
-    return scale * g * centered
+    return var_bwd(g, x, mean(x, dim=dim, keepdim=True), scale)
 
 
 def std_vjp(g, ans, x, dim, correction, keepdim, full):
@@ -499,6 +505,13 @@ def std_vjp(g, ans, x, dim, correction, keepdim, full):
 
 var_op = defop("var", _var_impl, promote=KEEP, saves_ans=False)
 defvjp(var_op, var_vjp)
+# z = g scale (x - mu): one launch instead of three
+var_bwd = fused("var_bwd", "reduce", "T g, T x, T mu, T scale", "T gx",
+                twin=lambda g, x, mu, scale: g * scale * (x - mu))
+defvjp(var_bwd, lambda gg, _, g, x, mu, scale: var_bwd(gg, x, mu, scale),
+                lambda gg, _, g, x, mu, scale: gg * g * scale,
+                lambda gg, _, g, x, mu, scale: -(gg * g * scale),
+                None)
 std_op = defop("std", _std_impl, promote=KEEP)
 defvjp(std_op, std_vjp)
 
