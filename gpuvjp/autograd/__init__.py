@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .._tensor import Tensor
+from ._graph import run_backward
 from ._mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 
 __all__ = ["backward", "grad", "functional", "no_grad", "enable_grad", "set_grad_enabled",
@@ -9,7 +11,6 @@ __all__ = ["backward", "grad", "functional", "no_grad", "enable_grad", "set_grad
 
 
 def _tensors(x, what):
-    from .._tensor import Tensor
     if isinstance(x, Tensor):
         return (x,)
     if isinstance(x, (tuple, list)):
@@ -25,10 +26,6 @@ def _tensors(x, what):
 def _seed_grads(outputs, grad_outputs, create_graph):
     """PyTorch's _make_grads: implicit ones for one-element outputs, shape and device checks,
     and a cast to each output's dtype."""
-    from .._creation import ones
-    from .._tensor import Tensor
-    from ..ops.shape import to_dtype
-
     if grad_outputs is None:
         grad_outputs = (None,) * len(outputs)
     elif isinstance(grad_outputs, Tensor):
@@ -36,7 +33,7 @@ def _seed_grads(outputs, grad_outputs, create_graph):
     else:
         grad_outputs = tuple(grad_outputs)
     if len(grad_outputs) != len(outputs):
-        raise RuntimeError(f"grad can be implicitly created only for scalar outputs"
+        raise RuntimeError("grad can be implicitly created only for scalar outputs"
                            if not grad_outputs else
                            f"Mismatch in number of grad_outputs: got {len(grad_outputs)} "
                            f"for {len(outputs)} outputs")
@@ -45,6 +42,7 @@ def _seed_grads(outputs, grad_outputs, create_graph):
         if g is None:
             if out.numel() != 1:
                 raise RuntimeError("grad can be implicitly created only for scalar outputs")
+            from .._creation import ones
             g = ones(out.shape, dtype=out.dtype, device=out.device)
         elif not isinstance(g, Tensor):
             raise TypeError(f"grad_outputs[{i}] must be a Tensor or None, got "
@@ -59,6 +57,7 @@ def _seed_grads(outputs, grad_outputs, create_graph):
                     f"invalid gradient at index {i} - expected device {out.device} but got "
                     f"{g.device}")
             if g.dtype is not out.dtype:
+                from ..ops.shape import to_dtype
                 g = to_dtype(g, out.dtype)
             if not create_graph:
                 g = g.detach()
@@ -77,9 +76,6 @@ def _key(t):
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
          only_inputs=True, allow_unused=None, is_grads_batched=False, materialize_grads=False):
     """Same as `torch.autograd.grad`."""
-    from .._creation import zeros_like
-    from ._graph import run_backward
-
     outputs = _tensors(outputs, "outputs")
     inputs = _tensors(inputs, "inputs")
     if is_grads_batched:
@@ -106,6 +102,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         g = found.get(id(_key(t)))
         if g is None:
             if materialize_grads:
+                from .._creation import zeros_like
                 g = zeros_like(t)
             elif not allow_unused:
                 raise RuntimeError(
@@ -119,8 +116,6 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
 
 def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None):
     """Same as `torch.autograd.backward`: accumulates into the leaves' `.grad`."""
-    from ._graph import run_backward
-
     tensors = _tensors(tensors, "tensors")
     for i, out in enumerate(tensors):
         if not out.requires_grad:

@@ -7,6 +7,18 @@ from . import _mode
 __all__ = ["Node", "run_backward"]
 
 
+_OPS = []
+
+
+def _ops():
+    """(ops.batching, ops.shape.sum_to), imported on first use: ops import this module."""
+    if not _OPS:
+        from ..ops import batching
+        from ..ops.shape import sum_to
+        _OPS.extend((batching, sum_to))
+    return _OPS
+
+
 def _sum_to(g, x, batched_sweep):
     """The cotangent `g` made to match input `x`: shape, dtype, and batch dim.
 
@@ -14,8 +26,7 @@ def _sum_to(g, x, batched_sweep):
     cotangents and stays. Otherwise a batched cotangent reaching an unbatched input sums over
     the batch, since x was broadcast over it by a batched op.
     """
-    from ..ops import batching
-    from ..ops.shape import sum_to
+    batching, sum_to = _ops()
     if g._nb != x._nb:
         if batched_sweep and x._nb:
             raise RuntimeError("a vectorized sweep over a graph that was itself built from "

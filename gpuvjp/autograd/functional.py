@@ -8,7 +8,7 @@ import os
 
 from .. import _device
 from .._tensor import Tensor
-from . import _mode, forward_ad
+from . import _mode, forward_ad, grad
 from ._graph import Node
 
 __all__ = ["vjp", "jvp", "jacobian", "hessian", "vhp", "hvp"]
@@ -37,10 +37,10 @@ def _check_func(func, fn_name):
 def _grad_preprocess(inputs, create_graph, need_graph, fn_name=None):
     """New Tensor objects for the inputs, so that gradients are taken with respect to exactly
     these (and never accumulate into the caller's tensors)."""
-    from ..ops.shape import reshape_
     out = []
     for i, t in enumerate(inputs):
         if create_graph and t.requires_grad:
+            from ..ops.shape import reshape_
             out.append(reshape_(t, shape=t.shape))          # a differentiable shallow copy
         else:
             d = t.detach()
@@ -113,7 +113,6 @@ def _check_requires_grad(items, strict, kind="outputs"):
 
 def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=None):
     """autograd.grad over the outputs that exist and require grad, None for unused inputs."""
-    from . import grad
     pairs = [(o, g) for o, g in zip(outputs, grad_outputs or (None,) * len(outputs))
              if o is not None and o.requires_grad]
     if not pairs:

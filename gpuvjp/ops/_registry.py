@@ -253,8 +253,6 @@ def _promote(op, args, tensors, dev):
     """Cast tensor arguments to the op's computation dtype (recorded, so differentiable) and
     move 0-d CPU tensors onto the op's device. Python scalars stay as they are: NumPy and CuPy
     treat them as weak, so they never widen the result (PyTorch's rule)."""
-    from . import shape as _shape
-
     first = tensors[0]._dtype
     if len(tensors) == len(args) and (op.promote is not FLOAT or first.is_floating_point) \
             and all(t._dtype is first and t._dev is dev for t in tensors):
@@ -264,6 +262,7 @@ def _promote(op, args, tensors, dev):
         dt = _dtype.get_default_dtype()
     if all(t._dtype is dt and t._dev == dev for t in tensors):
         return args
+    from . import shape as _shape
     out = []
     for a in args:
         if any(a is t for t in tensors):
