@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._tensor import Tensor
-from . import binary, linalg, reduce, shape, unary
+from . import batching, shape  # noqa: F401  (batching registers the batch rules)
 from ._registry import KEEP, REGISTRY, defop, defvjp
 from .binary import (add, clamp, clip, div, eq, ge, gt, le, logical_and, logical_not,
                      logical_or, logical_xor, lt, maximum, minimum, mul, ne, pow, sub, where)
@@ -85,6 +85,5 @@ Tensor.T = property(lambda self: permute(self, *reversed(range(self.ndim))))
 Tensor.mT = property(lambda self: transpose(self, -2, -1))
 Tensor.flip = shape.flip_method
 
-__all__ = sorted(set(METHODS) | {"where", "einsum", "REGISTRY", "broadcast_tensors", "true_divide",
-                                  "cat", "concat", "concatenate", "stack"})
-_ = (binary, linalg, reduce, unary)
+__all__ = sorted(set(METHODS) | {"where", "einsum", "REGISTRY", "broadcast_tensors",
+                                  "true_divide", "cat", "concat", "concatenate", "stack"})
