@@ -35,13 +35,6 @@ def _need_float(x, kernel):
         raise NotImplementedError(f"\"{kernel}\" not implemented for '{_name(x._dtype)}'")
 
 
-def _in_float32(fn, x):
-    """fn(x) for float16 `x` computed in float32 and rounded once, as PyTorch's kernels do."""
-    if x._dtype is _dtype.float16:
-        return to_dtype(fn(to_dtype(x, _dtype.float32)), _dtype.float16)
-    return fn(x)
-
-
 # ----- activations -------------------------------------------------------------------------------
 def relu(input, inplace=False):
     """Same as `torch.nn.functional.relu`; `inplace=True` returns a new tensor (tensors are

@@ -60,7 +60,7 @@ def elementwise_caller(family, fn, in_params, out_params):
         if len(arrays) > 1:    # python scalars take the arrays' type, as NumPy's weak scalars
             arrays = [a if hasattr(a, "dtype") else ref.dtype.type(a) for a in arrays]
         kernel = elementwise(family, fn, in_params, out_params, half)
-        return _compile_errors(kernel, family, fn)(*arrays)
+        return _launch(kernel, family, fn, *arrays)
     call.__name__ = f"gv_{fn}"
     return call
 
@@ -82,20 +82,16 @@ def sum_of(family, fn, half):
 def map_sum(op, src, axis, keepdims):
     """sum(op(src), axis) without writing op(src): the op runs in the map expression."""
     kernel = sum_of(op.family, op.kernel_fn, src.dtype == "float16")
-    return _compile_errors(kernel, op.family, f"{op.kernel_fn}_sum")(src, axis=axis,
-                                                                    keepdims=keepdims)
+    return _launch(kernel, op.family, f"{op.kernel_fn}_sum", src, axis=axis, keepdims=keepdims)
 
 
-def _compile_errors(kernel, family, fn):
+def _launch(kernel, family, fn, *args, **kwargs):
     """Call `kernel`, turning a compile failure into an error that names the kernel file."""
-    def call(*args, **kwargs):
-        try:
-            return kernel(*args, **kwargs)
-        except Exception as exc:
-            if type(exc).__name__ in ("CompileException", "NVRTCError"):
-                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise KernelSourceError(
-                    f"kernel gv_{fn} in kernels/{family}.cuh failed to compile: {first}") \
-                    from exc
-            raise
-    return call
+    try:
+        return kernel(*args, **kwargs)
+    except Exception as exc:
+        if type(exc).__name__ in ("CompileException", "NVRTCError"):
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise KernelSourceError(
+                f"kernel gv_{fn} in kernels/{family}.cuh failed to compile: {first}") from exc
+        raise
