@@ -6,7 +6,10 @@ import functools
 import importlib.resources
 import pathlib
 
-__all__ = ["source", "elementwise_caller", "map_sum", "KernelSourceError", "kernel_dir"]
+import numpy as np
+
+__all__ = ["source", "elementwise_caller", "map_sum", "Reduction", "defreduction", "REDUCTIONS",
+           "KernelSourceError", "kernel_dir"]
 
 
 class KernelSourceError(RuntimeError):
@@ -83,6 +86,66 @@ def map_sum(op, src, axis, keepdims):
     """sum(op(src), axis) without writing op(src): the op runs in the map expression."""
     kernel = sum_of(op.family, op.kernel_fn, src.dtype == "float16")
     return _launch(kernel, op.family, f"{op.kernel_fn}_sum", src, axis=axis, keepdims=keepdims)
+
+
+# ----- reductions declared by their gv:: functions -----------------------------------------------
+REDUCTIONS: dict[str, "Reduction"] = {}
+
+
+class Reduction:
+    """A reduction that runs as ONE CuPy ReductionKernel, declared by gv:: functions of
+    kernels/<family>.cuh over a state type `gv::<state><C>`: `one(x)` is the state of one element,
+    `merge(a, b)` combines two states (in any order: CuPy reduces per thread, then as a tree),
+    `value(a)` reads the result and `empty()` is the state of no elements. `twin(a, axis,
+    keepdims)` is the NumPy twin; it computes in float32 for float16, as the kernel does."""
+
+    __slots__ = ("name", "family", "state", "one", "merge", "value", "empty", "twin")
+
+    def __init__(self, name, family, state, one, merge, value, empty, twin):
+        self.name, self.family, self.state = name, family, state
+        self.one, self.merge, self.value, self.empty = one, merge, value, empty
+        self.twin = twin
+
+    def __repr__(self):
+        return f"<reduction gv_{self.name} of kernels/{self.family}.cuh>"
+
+    def exprs(self, ctype, out_ctype):
+        """CuPy's ReductionKernel expressions over "T src" -> dst, the math in `ctype`."""
+        return dict(map_expr=f"gv::{self.one}<{ctype}>(({ctype})src)",
+                    reduce_expr=f"gv::{self.merge}<{ctype}>(a, b)",
+                    post_map_expr=f"dst = ({out_ctype})gv::{self.value}<{ctype}>(a)",
+                    identity=f"gv::{self.empty}<{ctype}>()",
+                    reduce_type=f"gv::{self.state}<{ctype}>")
+
+    def __call__(self, xp, a, axis, keepdims=False, float_out=False):
+        """The reduction of array `a` over `axis` (an int or a tuple; `a` is at least 1-d).
+        float16 computes in float32 and returns float16, or float32 with `float_out`."""
+        half = a.dtype == "float16"
+        if xp is np:
+            out = self.twin(a, axis, keepdims)
+            return out.astype(a.dtype, copy=False) if half and not float_out else out
+        kernel = reduction_kernel(self.name, half, half and float_out)
+        return _launch(kernel, self.family, self.name, a, axis=axis, keepdims=keepdims)
+
+
+def defreduction(name, family, *, state, one, merge, value, empty, twin):
+    """Declare a Reduction; tests/ops/test_kernels.py checks every one declared."""
+    red = Reduction(name, family, state, one, merge, value, empty, twin)
+    REDUCTIONS[name] = red
+    return red
+
+
+@functools.cache
+def reduction_kernel(name, half, float_out):
+    """The ReductionKernel `gv_<name>`, built on first GPU use. Its parameters are named "src"
+    and "dst": CuPy substitutes parameter names inside the expressions as plain substrings."""
+    import cupy
+
+    red = REDUCTIONS[name]
+    ctype = "float" if half else "T"
+    out = "float32 dst" if float_out else "T dst"
+    return cupy.ReductionKernel("T src", out, name=f"gv_{name}", preamble=source(red.family),
+                                **red.exprs(ctype, "float" if float_out else "T"))
 
 
 def _launch(kernel, family, fn, *args, **kwargs):

@@ -10,7 +10,7 @@ from .._lazy import Pending
 from . import _kernels
 from . import shape as _shape
 from ..autograd._forward import deflinear
-from ._registry import FLOAT, KEEP, defop, defvjp, fused
+from ._registry import FLOAT, KEEP, defop, defvjp, fused, shift_dims_rule
 from ._util import norm_dims
 from .binary import eq, logical_and, logical_or, maximum, minimum, ne, where
 from .unary import abs_, sign, zeros_like_
@@ -360,17 +360,29 @@ def min_(input, dim=None, keepdim=False):
 
 
 # ----- logsumexp -------------------------------------------------------------------------------
-# y = m + log(sum(exp(x - m))) with m the max (0 where it is infinite), dy/dx = exp(x - y).
-def _logsumexp_impl(xp, x, dim, keepdim):
-    a = _acc_float(x)
-    with np.errstate(divide="ignore", invalid="ignore"):
+# y = m + log(sum(exp(x - m))) with m the max (0 where it is infinite), dy/dx = exp(x - y). On the
+# GPU one pass over x (gv_logsumexp: running max and rescaled sum, merged in any order); the twin
+# takes the max first.
+def _lse_twin(a, axis, keepdims):
+    a = _acc_float(a)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if a.size == 0:
-            return _cast_back(xp.log(xp.sum(xp.exp(a), axis=dim, keepdims=keepdim)), x)
-        m = xp.amax(a, axis=dim, keepdims=True)
-        m = xp.where(xp.isinf(m), xp.zeros_like(m), m)
-        out = xp.log(xp.sum(xp.exp(a - m), axis=dim, keepdims=keepdim))
-        out += m if keepdim else xp.squeeze(m, axis=dim)
-    return _cast_back(out, x)
+            return np.log(np.sum(np.exp(a), axis=axis, keepdims=keepdims))
+        m = np.amax(a, axis=axis, keepdims=True)
+        m = np.where(np.isinf(m), np.zeros_like(m), m)
+        out = np.log(np.sum(np.exp(a - m), axis=axis, keepdims=keepdims))
+        return out + (m if keepdims else np.squeeze(m, axis=axis))
+
+
+lse_rows = _kernels.defreduction("logsumexp", "reduce", state="MaxSum", one="lse_one",
+                                 merge="lse_merge", value="lse_value", empty="lse_empty",
+                                 twin=_lse_twin)
+
+
+def _logsumexp_impl(xp, x, dim, keepdim):
+    if not dim:                               # a 0-d input: no dim to reduce, y = x
+        return x.copy()
+    return lse_rows(xp, x, dim, keepdim)
 
 
 def logsumexp_vjp(g, ans, x, dim, keepdim):
@@ -379,6 +391,7 @@ def logsumexp_vjp(g, ans, x, dim, keepdim):
 
 logsumexp_op = defop("logsumexp", _logsumexp_impl, promote=FLOAT)
 defvjp(logsumexp_op, logsumexp_vjp)
+logsumexp_op.batch_rule = shift_dims_rule
 # z = g exp(x - y): one launch instead of three; dz/dx = z, dz/dy = -z
 logsumexp_bwd = fused("logsumexp_bwd", "reduce", "T g, T x, T ans", "T gx",
                       twin=lambda g, x, ans: g * np.exp(x - ans))

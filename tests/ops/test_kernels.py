@@ -1,6 +1,7 @@
-"""Every fused kernel in the registry: NVRTC compiles it as CuPy will, its math built by the host
-C++ compiler matches its NumPy twin, and (gpu) the CuPy kernel matches the twin and cuda matches
-cpu. The cases are generated from `REGISTRY`, so a new fused op is checked without edits here."""
+"""Every fused kernel in the registry and every declared reduction: NVRTC compiles it as CuPy will,
+its math built by the host C++ compiler matches its NumPy twin, and (gpu) the CuPy kernel matches
+the twin and cuda matches cpu. The cases are generated from `REGISTRY` and
+`_kernels.REDUCTIONS`, so a new fused op or reduction is checked without edits here."""
 
 from __future__ import annotations
 
@@ -376,3 +377,180 @@ def test_broken_kernel_file_raises_kernel_source_error(family, monkeypatch, fres
     arrays = _inputs(key, "float32", [(7,)] * len(_params(FUSED[key].kernel[0])), rng)
     with pytest.raises(_kernels.KernelSourceError, match=rf"kernels/{family}\.cuh"):
         FUSED[key](*[gv.tensor(a, device="cuda") for a in arrays])
+
+
+# ----- 4. reductions (gpuvjp.ops._kernels.REDUCTIONS): the same three checks ------------------
+REDUCTIONS = sorted(_kernels.REDUCTIONS)
+# (dtype, float_out): float16 reduces in float and can return float or float16
+RED_TYPES = [("float16", False), ("float16", True), ("float32", False), ("float64", False)]
+
+
+def _reduction_code(kern, dtype, float_out, preamble):
+    """The translation unit CuPy generates for ReductionKernel `kern` over a 2-d `dtype` array
+    reduced to 1-d (CuPy's own generator, cupy/_core/_reduction.pyx)."""
+    import cupy
+    from cupy._core import _carray, _kernel, _reduction, _scalar
+
+    ndarray, indexer, scalar = 1, 2, 3             # CuPy's _ArgKind values
+    arg = _kernel._ArgInfo
+    t = np.dtype(dtype).type
+    arginfos = (arg(ndarray, cupy.ndarray, t, 2, True, True),
+                arg(ndarray, cupy.ndarray, np.float32 if float_out else t, 1, True, True),
+                arg(indexer, _carray.Indexer, None, 2, True, True),
+                arg(indexer, _carray.Indexer, None, 1, True, True),
+                arg(scalar, _scalar.CScalar, np.int32, 0, True, True))
+    types = _kernel._TypeMap((("T", t), ("IndexT", "int32")))
+    body = _reduction._ReductionKernel_get_cached_function_code(
+        kern.nin, kern.nout, kern._params, arginfos, types, kern.name, 512, kern.reduce_type,
+        kern.identity, kern.map_expr, kern.reduce_expr, kern.post_map_expr, preamble,
+        kern.options)
+    return "".join(f"#include <{h}>\n" for h in _cupy_headers()) + body
+
+
+def _compile_reduction(nvrtc, name, dtype, float_out, preamble=None):
+    red = _kernels.REDUCTIONS[name]
+    kern = _kernels.reduction_kernel(name, dtype == "float16", float_out)
+    options = _cupy_options(tuple(kern.options))
+    if dtype == "float16" and not _has_fp16_header(options):
+        pytest.skip("cuda_fp16.h is on none of CuPy's include paths: CuPy could not compile a "
+                    "float16 kernel on this machine either")
+    try:
+        source = _reduction_code(kern, dtype, float_out,
+                                 _marked(kern.preamble, red.family) if preamble is None
+                                 else preamble)
+    except (ImportError, AttributeError, TypeError, AssertionError) as exc:
+        pytest.fail(f"this CuPy ({__import__('cupy').__version__}) no longer generates reduction "
+                    f"code as tests/ops/test_kernels.py expects ({exc!r}); update "
+                    "_reduction_code to its _reduction.pyx", pytrace=False)
+    return _nvrtc_compile(nvrtc, source, f"{kern.name}_{dtype}.cu", options)
+
+
+@pytest.mark.parametrize("name,dtype,float_out",
+                         [pytest.param(n, d, f, id=f"{n}-{d}{'-float_out' if f else ''}")
+                          for n in REDUCTIONS for d, f in RED_TYPES])
+def test_reduction_compiles_with_nvrtc(name, dtype, float_out, nvrtc):
+    ok, log = _compile_reduction(nvrtc, name, dtype, float_out)
+    assert ok, (f"NVRTC rejects gv_{name} ({dtype}) from "
+                f"kernels/{_kernels.REDUCTIONS[name].family}.cuh:\n{log}")
+
+
+@pytest.mark.parametrize("name", REDUCTIONS)
+def test_reduction_nvrtc_check_fails_on_a_broken_merge(name, nvrtc):
+    red = _kernels.REDUCTIONS[name]
+    preamble = _kernels.reduction_kernel(name, False, False).preamble
+    broken = re.sub(rf"\b{red.merge}\b(?=\s*\()", f"{red.merge}_renamed", preamble)
+    assert broken != preamble
+    ok, log = _compile_reduction(nvrtc, name, "float32", False, broken)
+    assert not ok and red.merge in log, log
+
+
+def _red_rows(dtype, rng):
+    """Rows of a (rows, n) matrix per n: random, and rows of edge values the kernel and twin
+    must agree on (inf, -inf, nan, and magnitudes whose exp overflows)."""
+    inf, nan = np.inf, np.nan
+    for n in (0, 1, 2, 7, 600):
+        rows = [rng.uniform(-3, 3, n), rng.uniform(-3, 3, n) * 300]
+        if n:
+            for edge in ([-inf], [inf], [nan], [-inf, 1.0], [inf, -inf], [inf, inf],
+                         [1000.0, -1000.0], [-inf, nan]):
+                row = rng.uniform(-3, 3, n)
+                row[:min(n, len(edge))] = edge[:n]
+                rows.append(rng.permutation(row))
+            rows.append(np.full(n, -inf))
+        yield n, np.array(rows, dtype=dtype).reshape(len(rows), n)
+
+
+def _host_reduction_wrapper(name, ctype):
+    """`rcheck_<name>_<ctype>(x, out, rows, n, split)`: each row of x reduced by the kernel's own
+    gv:: functions on the host, in one of several orders: sequential over [0, split) and
+    [split, n) with the arguments of merge in either order, or (split < 0) as a balanced tree."""
+    r = _kernels.REDUCTIONS[name]
+    st = f"gv::{r.state}<T>"
+    one, merge = f"gv::{r.one}<T>", f"gv::{r.merge}<T>"
+    return (f"namespace rtree_{name}_{ctype} {{\n"
+            f"typedef {ctype} T;\n"
+            f"static {st} tree(const T* x, long lo, long hi) {{\n"
+            f"  if (hi - lo == 0) return gv::{r.empty}<T>();\n"
+            f"  if (hi - lo == 1) return {one}(x[lo]);\n"
+            f"  long mid = lo + (hi - lo) / 2;\n"
+            f"  return {merge}(tree(x, lo, mid), tree(x, mid, hi));\n"
+            f"}}\n}}\n"
+            f'extern "C" void rcheck_{name}_{ctype}(const {ctype}* x, {ctype}* out, long rows, '
+            f"long n, long split) {{\n"
+            f"  using namespace rtree_{name}_{ctype};\n"
+            f"  for (long r = 0; r < rows; ++r) {{\n"
+            f"    const T* row = x + r * n;\n"
+            f"    {st} s;\n"
+            f"    if (split < 0) s = tree(row, 0, n);\n"
+            f"    else {{\n"
+            f"      {st} a = gv::{r.empty}<T>(), b = gv::{r.empty}<T>();\n"
+            f"      for (long j = 0; j < split && j < n; ++j) a = {merge}(a, {one}(row[j]));\n"
+            f"      for (long j = split; j < n; ++j) b = {merge}({one}(row[j]), b);\n"
+            f"      s = {merge}(b, a);\n"
+            f"    }}\n"
+            f"    out[r] = (T)gv::{r.value}<T>(s);\n"
+            f"  }}\n}}\n")
+
+
+@pytest.fixture(scope="module")
+def host_red_lib(tmp_path_factory):
+    cxx = _hostcc.find_cxx()
+    if cxx is None:
+        pytest.skip("no host C++ compiler found ($CXX, g++, c++ or clang++)")
+    families = sorted({_kernels.REDUCTIONS[n].family for n in REDUCTIONS})
+    source = "".join(_marked(_kernels.source(f), f) + "\n" for f in families)
+    source += '#line 1 "reduction check wrappers (generated)"\n'
+    source += "".join(_host_reduction_wrapper(n, c) for n in REDUCTIONS for c in HOST_TYPES.values())
+    try:
+        return _hostcc.load(source, tmp_path_factory.getbasetemp() / "hostcc", cxx)
+    except _hostcc.HostCompileError as exc:
+        error = str(exc)
+    pytest.fail(error, pytrace=False)
+
+
+@pytest.mark.parametrize("order", ["sequential", "split", "reversed-split", "tree"])
+@pytest.mark.parametrize("name,dtype", [pytest.param(n, d, id=f"{n}-{d}")
+                                        for n in REDUCTIONS for d in HOST_TYPES])
+def test_reduction_math_matches_twin(name, dtype, order, host_red_lib, rng):
+    red = _kernels.REDUCTIONS[name]
+    ctype = HOST_TYPES[dtype]
+    fn = getattr(host_red_lib, f"rcheck_{name}_{ctype}")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_long]
+    fn.restype = None
+    for n, x in _red_rows(dtype, rng):
+        split = {"sequential": n, "split": n // 3, "reversed-split": 0, "tree": -1}[order]
+        x = np.ascontiguousarray(x)
+        out = np.empty(x.shape[0], dtype)
+        fn(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p), x.shape[0],
+           n, split)
+        with np.errstate(all="ignore"):
+            want = np.asarray(red.twin(x, 1, False))
+        assert want.dtype == out.dtype
+        _assert_close(out, want, dtype, f"gv_{name}<{ctype}> (host build, {order}, n={n}) "
+                                        "against its twin, row by row")
+
+
+RED_SHAPES = [((7,), 0), ((33, 65), 1), ((33, 65), 0), ((33, 65), (0, 1)), ((4, 0), 1),
+              ((0, 5), 1), ((3, 5, 7), (0, 2)), ((2, 3000), 1), ((3000, 2), 0)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("shape,axis", [pytest.param(s, a, id=f"{s}-axis{a}")
+                                        for s, a in RED_SHAPES])
+@pytest.mark.parametrize("name,dtype,float_out",
+                         [pytest.param(n, d, f, id=f"{n}-{d}{'-float_out' if f else ''}")
+                          for n in REDUCTIONS for d, f in RED_TYPES])
+def test_reduction_on_cuda_matches_twin(name, dtype, float_out, shape, axis, keepdims, rng):
+    import cupy
+
+    red = _kernels.REDUCTIONS[name]
+    x = rng.uniform(-3, 3, shape).astype(dtype)
+    if x.size > 8:
+        x.reshape(-1)[:4] = [np.inf, -np.inf, np.nan, 1000.0]
+    got = red(cupy, cupy.asarray(x), axis, keepdims, float_out).get()
+    with np.errstate(all="ignore"):
+        want = np.asarray(red(np, x, axis, keepdims, float_out))
+    assert (got.dtype, got.shape) == (want.dtype, want.shape)
+    _assert_close(got, want, "float32" if float_out else dtype, f"gv_{name} on cuda against its "
+                                                                 "twin")
