@@ -42,6 +42,11 @@ template <typename T> __device__ T softplus_bwd(T g, T x, T beta, T threshold) {
   return z > threshold ? g : g / (T(1) + exp(-z));
 }
 
+// softmax forward from the row's max m and s = sum(exp(x - m)): y = exp(x - m) / s
+template <typename T> __device__ T softmax_fwd(T x, T m, T s) { return exp(x - m) / s; }
+// log_softmax forward: y = (x - m) - log(s)
+template <typename T> __device__ T log_softmax_fwd(T x, T m, T s) { return (x - m) - log(s); }
+
 // softmax: gx = y (g - s), s = sum(g y) over the softmax dim
 template <typename T> __device__ T softmax_bwd(T g, T ans, T s) { return ans * (g - s); }
 

@@ -37,4 +37,11 @@ template <typename T> __device__ MaxSum<T> lse_merge(MaxSum<T> a, MaxSum<T> b) {
 }
 template <typename T> __device__ T lse_value(MaxSum<T> a) { return a.m + log(a.s); }
 
+// softmax's row statistics, as PyTorch takes them: the max m, and s = sum(exp(x - m)), which is
+// NaN where m is infinite (inf - inf) or the row holds a NaN, and 0 for an empty row
+template <typename T> __device__ T lse_max(MaxSum<T> a) { return a.m + (a.s - a.s); }
+template <typename T> __device__ T lse_sum(MaxSum<T> a) {
+  return a.s == T(0) ? a.s : (a.m - a.m == T(0) ? a.s : a.m - a.m);
+}
+
 }  // namespace gv

@@ -9,10 +9,10 @@ import numpy as np
 
 from .. import _dtype
 from ..ops import matmul, sigmoid, tanh
-from ..ops._registry import KEEP, defop, defvjp, fused
+from ..ops._registry import KEEP, defop, defvjp, fused, shift_dims_rule
 from ..ops._util import norm_dim
 from ..ops.binary import ne, where
-from ..ops.reduce import mean, sum_
+from ..ops.reduce import mean, softmax_stats, sum_
 from ..ops.shape import (broadcast_tensors, gather, index_select, reshape, squeeze, to_dtype,
                          unsqueeze)
 from ..ops.unary import _erf_twin, _in_float, exp
@@ -185,29 +185,39 @@ def softplus(input, beta=1.0, threshold=20.0):
 
 
 # ----- softmax, log_softmax ----------------------------------------------------------------------
-# y = softmax(x) = exp(x - m) / sum(exp(x - m)) with m = max(x, dim): exp never overflows, and m
-# cancels. Each gets a rule because the max is pure numerics: differentiating the composite would
-# record the max and its tie-splitting rule for a gradient that cancels to zero, and keep exp's
-# input alive. Rules: softmax dx = y (g - sum(g y)); log_softmax dx = g - exp(y) sum(g).
+# y = softmax(x) = exp(x - m) / s with m = max(x, dim) and s = sum(exp(x - m)): exp never
+# overflows. Forward: one reduction pass for (m, s) (gv_softmax_stats, float32 for float16) and one
+# elementwise launch. Each gets a rule because the max is pure numerics: differentiating the
+# composite would record the max and its tie-splitting rule for a gradient that cancels to zero,
+# and keep exp's input alive. Rules: softmax dx = y (g - sum(g y)); log_softmax dx = g - exp(y)
+# sum(g).
+def _softmax_fwd_twin(x, m, s):
+    return _in_float(x, lambda a, m, s: np.exp(a - m) / s, m, s)
+
+
+def _log_softmax_fwd_twin(x, m, s):
+    return _in_float(x, lambda a, m, s: (a - m) - np.log(s), m, s)
+
+
+softmax_fwd = fused("softmax_fwd", "nn", "T x, F m, F s", "T y", twin=_softmax_fwd_twin,
+                    differentiable=False)
+log_softmax_fwd = fused("log_softmax_fwd", "nn", "T x, F m, F s", "T y",
+                        twin=_log_softmax_fwd_twin, differentiable=False)
+
+
 def _softmax_impl(xp, x, dim, log):
-    shape, dt = x.shape, x.dtype
     if x.size == 0:
         return x.copy()
     a = x.reshape(1) if x.ndim == 0 else x
-    if dt == np.float16:
-        a = a.astype(np.float32)                      # accumulate in float32, as PyTorch
-    with np.errstate(invalid="ignore", over="ignore"):
-        z = a - a.max(axis=dim, keepdims=True)        # -inf - -inf rows give nan, as PyTorch
-        if log:
-            out = z - xp.log(xp.exp(z).sum(axis=dim, keepdims=True))
-        else:
-            e = xp.exp(z)
-            out = e / e.sum(axis=dim, keepdims=True)
-    return out.astype(dt, copy=False).reshape(shape)
+    m, s = softmax_stats(xp, a, dim, keepdims=True, float_out=True)
+    fwd = log_softmax_fwd if log else softmax_fwd
+    out = fwd.twin(a, m, s) if xp is np else fwd.gpu(xp, a, m, s)
+    return out.reshape(x.shape)
 
 
 softmax_ = defop("softmax", lambda xp, x, dim: _softmax_impl(xp, x, dim, False), promote=KEEP,
                  saves_inputs=False)
+softmax_.batch_rule = shift_dims_rule
 softmax_bwd = fused("softmax_bwd", "nn", "T g, T ans, T s", "T gx",
                     twin=lambda g, ans, s: ans * (g - s))
 defvjp(softmax_, lambda g, ans, x, dim: softmax_bwd(g, ans, sum_(g * ans, dim, keepdim=True)))
@@ -217,6 +227,7 @@ defvjp(softmax_bwd, lambda gg, _, g, ans, s: gg * ans,
 
 log_softmax_ = defop("log_softmax", lambda xp, x, dim: _softmax_impl(xp, x, dim, True),
                      promote=KEEP, saves_inputs=False)
+log_softmax_.batch_rule = shift_dims_rule
 log_softmax_bwd = fused("log_softmax_bwd", "nn", "T g, T ans, T s", "T gx",
                         twin=lambda g, ans, s: g - np.exp(ans) * s)
 defvjp(log_softmax_, lambda g, ans, x, dim: log_softmax_bwd(g, ans, sum_(g, dim, keepdim=True)))

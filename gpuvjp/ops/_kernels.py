@@ -96,41 +96,61 @@ class Reduction:
     """A reduction that runs as ONE CuPy ReductionKernel, declared by gv:: functions of
     kernels/<family>.cuh over a state type `gv::<state><C>`: `one(x)` is the state of one element,
     `merge(a, b)` combines two states (in any order: CuPy reduces per thread, then as a tree),
-    `value(a)` reads the result and `empty()` is the state of no elements. `twin(a, axis,
-    keepdims)` is the NumPy twin; it computes in float32 for float16, as the kernel does."""
+    `empty()` is the state of no elements, and each of `values` reads one output from the final
+    state. `twin(a, axis, keepdims)` is the NumPy twin (a tuple when there are several values);
+    it computes in float32 for float16, as the kernel does."""
 
-    __slots__ = ("name", "family", "state", "one", "merge", "value", "empty", "twin")
+    __slots__ = ("name", "family", "state", "one", "merge", "values", "empty", "twin")
 
-    def __init__(self, name, family, state, one, merge, value, empty, twin):
+    def __init__(self, name, family, state, one, merge, values, empty, twin):
         self.name, self.family, self.state = name, family, state
-        self.one, self.merge, self.value, self.empty = one, merge, value, empty
+        self.one, self.merge, self.values, self.empty = one, merge, tuple(values), empty
         self.twin = twin
 
     def __repr__(self):
         return f"<reduction gv_{self.name} of kernels/{self.family}.cuh>"
 
+    def out_names(self):
+        return ["dst"] if len(self.values) == 1 else [f"dst{i}" for i in range(len(self.values))]
+
     def exprs(self, ctype, out_ctype):
-        """CuPy's ReductionKernel expressions over "T src" -> dst, the math in `ctype`."""
+        """CuPy's ReductionKernel expressions over "T src" -> dst (dst0, dst1, ...), the math in
+        `ctype`."""
+        posts = [f"{o} = ({out_ctype})gv::{v}<{ctype}>(a)"
+                 for o, v in zip(self.out_names(), self.values)]
         return dict(map_expr=f"gv::{self.one}<{ctype}>(({ctype})src)",
                     reduce_expr=f"gv::{self.merge}<{ctype}>(a, b)",
-                    post_map_expr=f"dst = ({out_ctype})gv::{self.value}<{ctype}>(a)",
+                    post_map_expr=posts[0] if len(posts) == 1 else f"({', '.join(posts)})",
                     identity=f"gv::{self.empty}<{ctype}>()",
                     reduce_type=f"gv::{self.state}<{ctype}>")
 
     def __call__(self, xp, a, axis, keepdims=False, float_out=False):
-        """The reduction of array `a` over `axis` (an int or a tuple; `a` is at least 1-d).
-        float16 computes in float32 and returns float16, or float32 with `float_out`."""
+        """The reduction of array `a` over `axis` (an int or a tuple; `a` is at least 1-d): one
+        array, or a tuple with several values. float16 computes in float32 and returns float16,
+        or float32 with `float_out`."""
         half = a.dtype == "float16"
         if xp is np:
             out = self.twin(a, axis, keepdims)
-            return out.astype(a.dtype, copy=False) if half and not float_out else out
+            if half and not float_out:
+                cast = lambda o: o.astype(a.dtype, copy=False)     # noqa: E731
+                return cast(out) if len(self.values) == 1 else tuple(map(cast, out))
+            return out
         kernel = reduction_kernel(self.name, half, half and float_out)
-        return _launch(kernel, self.family, self.name, a, axis=axis, keepdims=keepdims)
+        if len(self.values) == 1:
+            return _launch(kernel, self.family, self.name, a, axis=axis, keepdims=keepdims)
+        # CuPy returns only the first output of a reduction: pass all of them in
+        axes = {d % a.ndim for d in ((axis,) if isinstance(axis, int) else axis)}
+        shape = tuple(1 if d in axes else n for d, n in enumerate(a.shape)
+                      if keepdims or d not in axes)
+        outs = tuple(xp.empty(shape, np.float32 if half and float_out else a.dtype)
+                     for _ in self.values)
+        _launch(kernel, self.family, self.name, a, *outs, axis=axis, keepdims=keepdims)
+        return outs
 
 
-def defreduction(name, family, *, state, one, merge, value, empty, twin):
+def defreduction(name, family, *, state, one, merge, values, empty, twin):
     """Declare a Reduction; tests/ops/test_kernels.py checks every one declared."""
-    red = Reduction(name, family, state, one, merge, value, empty, twin)
+    red = Reduction(name, family, state, one, merge, values, empty, twin)
     REDUCTIONS[name] = red
     return red
 
@@ -143,8 +163,9 @@ def reduction_kernel(name, half, float_out):
 
     red = REDUCTIONS[name]
     ctype = "float" if half else "T"
-    out = "float32 dst" if float_out else "T dst"
-    return cupy.ReductionKernel("T src", out, name=f"gv_{name}", preamble=source(red.family),
+    out = "float32" if float_out else "T"
+    return cupy.ReductionKernel("T src", ", ".join(f"{out} {o}" for o in red.out_names()),
+                                name=f"gv_{name}", preamble=source(red.family),
                                 **red.exprs(ctype, "float" if float_out else "T"))
 
 

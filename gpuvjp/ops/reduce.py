@@ -375,8 +375,26 @@ def _lse_twin(a, axis, keepdims):
 
 
 lse_rows = _kernels.defreduction("logsumexp", "reduce", state="MaxSum", one="lse_one",
-                                 merge="lse_merge", value="lse_value", empty="lse_empty",
+                                 merge="lse_merge", values=["lse_value"], empty="lse_empty",
                                  twin=_lse_twin)
+
+
+def _stats_twin(a, axis, keepdims):
+    a = _acc_float(a)
+    with np.errstate(invalid="ignore"):
+        if a.size == 0:
+            shape = np.sum(a, axis=axis, keepdims=True).shape
+            m, s = np.full(shape, -np.inf, a.dtype), np.zeros(shape, a.dtype)
+        else:
+            m = np.amax(a, axis=axis, keepdims=True)
+            s = np.sum(np.exp(a - m), axis=axis, keepdims=True)
+    return (m, s) if keepdims else (np.squeeze(m, axis=axis), np.squeeze(s, axis=axis))
+
+
+# softmax's (max, sum(exp(x - max))) per row, from the same one-pass state
+softmax_stats = _kernels.defreduction("softmax_stats", "reduce", state="MaxSum", one="lse_one",
+                                      merge="lse_merge", values=["lse_max", "lse_sum"],
+                                      empty="lse_empty", twin=_stats_twin)
 
 
 def _logsumexp_impl(xp, x, dim, keepdim):

@@ -394,8 +394,9 @@ def _reduction_code(kern, dtype, float_out, preamble):
     ndarray, indexer, scalar = 1, 2, 3             # CuPy's _ArgKind values
     arg = _kernel._ArgInfo
     t = np.dtype(dtype).type
-    arginfos = (arg(ndarray, cupy.ndarray, t, 2, True, True),
-                arg(ndarray, cupy.ndarray, np.float32 if float_out else t, 1, True, True),
+    outs = tuple(arg(ndarray, cupy.ndarray, np.float32 if float_out else t, 1, True, True)
+                 for _ in range(kern.nout))
+    arginfos = (arg(ndarray, cupy.ndarray, t, 2, True, True), *outs,
                 arg(indexer, _carray.Indexer, None, 2, True, True),
                 arg(indexer, _carray.Indexer, None, 1, True, True),
                 arg(scalar, _scalar.CScalar, np.int32, 0, True, True))
@@ -461,12 +462,15 @@ def _red_rows(dtype, rng):
 
 
 def _host_reduction_wrapper(name, ctype):
-    """`rcheck_<name>_<ctype>(x, out, rows, n, split)`: each row of x reduced by the kernel's own
-    gv:: functions on the host, in one of several orders: sequential over [0, split) and
-    [split, n) with the arguments of merge in either order, or (split < 0) as a balanced tree."""
+    """`rcheck_<name>_<ctype>(x, out0, ..., rows, n, split)`: each row of x reduced by the
+    kernel's own gv:: functions on the host, in one of several orders: sequential over [0, split)
+    and [split, n) with the arguments of merge in either order, or (split < 0) a balanced tree;
+    then each of the reduction's values written to its output."""
     r = _kernels.REDUCTIONS[name]
     st = f"gv::{r.state}<T>"
     one, merge = f"gv::{r.one}<T>", f"gv::{r.merge}<T>"
+    outs = "".join(f"{ctype}* out{i}, " for i in range(len(r.values)))
+    writes = "".join(f"    out{i}[r] = (T)gv::{v}<T>(s);\n" for i, v in enumerate(r.values))
     return (f"namespace rtree_{name}_{ctype} {{\n"
             f"typedef {ctype} T;\n"
             f"static {st} tree(const T* x, long lo, long hi) {{\n"
@@ -475,8 +479,8 @@ def _host_reduction_wrapper(name, ctype):
             f"  long mid = lo + (hi - lo) / 2;\n"
             f"  return {merge}(tree(x, lo, mid), tree(x, mid, hi));\n"
             f"}}\n}}\n"
-            f'extern "C" void rcheck_{name}_{ctype}(const {ctype}* x, {ctype}* out, long rows, '
-            f"long n, long split) {{\n"
+            f'extern "C" void rcheck_{name}_{ctype}(const {ctype}* x, {outs}long rows, long n, '
+            f"long split) {{\n"
             f"  using namespace rtree_{name}_{ctype};\n"
             f"  for (long r = 0; r < rows; ++r) {{\n"
             f"    const T* row = x + r * n;\n"
@@ -488,8 +492,12 @@ def _host_reduction_wrapper(name, ctype):
             f"      for (long j = split; j < n; ++j) b = {merge}({one}(row[j]), b);\n"
             f"      s = {merge}(b, a);\n"
             f"    }}\n"
-            f"    out[r] = (T)gv::{r.value}<T>(s);\n"
+            f"{writes}"
             f"  }}\n}}\n")
+
+
+def _values(red, out):
+    return [out] if len(red.values) == 1 else list(out)
 
 
 @pytest.fixture(scope="module")
@@ -514,20 +522,22 @@ def host_red_lib(tmp_path_factory):
 def test_reduction_math_matches_twin(name, dtype, order, host_red_lib, rng):
     red = _kernels.REDUCTIONS[name]
     ctype = HOST_TYPES[dtype]
+    nout = len(red.values)
     fn = getattr(host_red_lib, f"rcheck_{name}_{ctype}")
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_long]
+    fn.argtypes = [ctypes.c_void_p] * (1 + nout) + [ctypes.c_long] * 3
     fn.restype = None
     for n, x in _red_rows(dtype, rng):
         split = {"sequential": n, "split": n // 3, "reversed-split": 0, "tree": -1}[order]
         x = np.ascontiguousarray(x)
-        out = np.empty(x.shape[0], dtype)
-        fn(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p), x.shape[0],
-           n, split)
+        outs = [np.empty(x.shape[0], dtype) for _ in range(nout)]
+        fn(*[a.ctypes.data_as(ctypes.c_void_p) for a in [x, *outs]], x.shape[0], n, split)
         with np.errstate(all="ignore"):
-            want = np.asarray(red.twin(x, 1, False))
-        assert want.dtype == out.dtype
-        _assert_close(out, want, dtype, f"gv_{name}<{ctype}> (host build, {order}, n={n}) "
-                                        "against its twin, row by row")
+            wants = _values(red, red.twin(x, 1, False))
+        for value, out, want in zip(red.values, outs, wants):
+            want = np.asarray(want)
+            assert want.dtype == out.dtype
+            _assert_close(out, want, dtype, f"gv::{value} of gv_{name}<{ctype}> (host build, "
+                                            f"{order}, n={n}) against its twin, row by row")
 
 
 RED_SHAPES = [((7,), 0), ((33, 65), 1), ((33, 65), 0), ((33, 65), (0, 1)), ((4, 0), 1),
@@ -548,9 +558,11 @@ def test_reduction_on_cuda_matches_twin(name, dtype, float_out, shape, axis, kee
     x = rng.uniform(-3, 3, shape).astype(dtype)
     if x.size > 8:
         x.reshape(-1)[:4] = [np.inf, -np.inf, np.nan, 1000.0]
-    got = red(cupy, cupy.asarray(x), axis, keepdims, float_out).get()
+    gots = _values(red, red(cupy, cupy.asarray(x), axis, keepdims, float_out))
     with np.errstate(all="ignore"):
-        want = np.asarray(red(np, x, axis, keepdims, float_out))
-    assert (got.dtype, got.shape) == (want.dtype, want.shape)
-    _assert_close(got, want, "float32" if float_out else dtype, f"gv_{name} on cuda against its "
-                                                                 "twin")
+        wants = _values(red, red(np, x, axis, keepdims, float_out))
+    for value, got, want in zip(red.values, gots, wants):
+        got, want = got.get(), np.asarray(want)
+        assert (got.dtype, got.shape) == (want.dtype, want.shape), value
+        _assert_close(got, want, "float32" if float_out else dtype,
+                      f"gv::{value} of gv_{name} on cuda against its twin")

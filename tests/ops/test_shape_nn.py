@@ -88,6 +88,11 @@ UNARY = {
     "softmax_0d": (lambda m, x: F(m).softmax(x.sum(), 0) * x, (-3, 3), (2, 2)),
     "log_softmax": (lambda m, x: F(m).log_softmax(x, 1), (-3, 3), (3, 4)),
     "log_softmax_neg_dim": (lambda m, x: F(m).log_softmax(x * 400, -2), (-2, 2), (2, 3, 2)),
+    # logits far from 0: float32 keeps its precision only if x - max is formed before exp
+    "softmax_shifted": (lambda m, x: F(m).softmax(x + 4000, 1), (-3, 3), (3, 4)),
+    "log_softmax_shifted": (lambda m, x: F(m).log_softmax(x - 3000, 0), (-3, 3), (3, 4)),
+    "cross_entropy_shifted": (lambda m, x: F(m).cross_entropy(x + 2000, idx(m, x, [1, 0, 3])),
+                              (-3, 3), (3, 4)),
     "linear": (lambda m, x: F(m).linear(x, x[:2] * 0.5, x[0, :2]), (-2, 2), (3, 3)),
     "cross_entropy": (lambda m, x: F(m).cross_entropy(x, idx(m, x, [0, 3, 3])), (-3, 3), (3, 4)),
     "cross_entropy_sum": (lambda m, x: F(m).cross_entropy(x, idx(m, x, [1, 1, 0]),

@@ -87,6 +87,25 @@ BINARY = {
 }
 
 
+# Rows of special values for the row-wise ops: +inf with finite, all -inf, -inf with finite,
+# +inf twice, +inf with -inf, NaN with +inf, and an ordinary row.
+ROWS = np.array([[1.0, INF, 0.0, 2.0], [-INF, -INF, -INF, -INF], [1.0, -INF, 2.0, -INF],
+                 [INF, INF, 0.0, 1.0], [INF, -INF, -INF, 3.0], [NAN, INF, 0.0, 1.0],
+                 [0.5, -1.0, 2.0, 0.0]])
+ROW_OPS = {
+    "softmax": lambda L, x: _nnf(L).softmax(x, dim=1),
+    "softmax-dim0": lambda L, x: _nnf(L).softmax(x.T, dim=0),
+    "log-softmax": lambda L, x: _nnf(L).log_softmax(x, dim=1),
+    "log-softmax-dim0": lambda L, x: _nnf(L).log_softmax(x.T, dim=0),
+    "logsumexp": lambda L, x: x.logsumexp(dim=1),
+    "logsumexp-dim0": lambda L, x: x.T.logsumexp(dim=0),
+    "cross-entropy-none": lambda L, x: _nnf(L).cross_entropy(
+        x, L.t(np.array([0, 1, 2, 3, 3, 2, 1])), reduction="none"),
+    "cross-entropy-sum": lambda L, x: _nnf(L).cross_entropy(
+        x, L.t(np.array([0, 1, 2, 3, 3, 2, 1])), reduction="sum"),
+}
+
+
 def _v(shape):
     """A cotangent with no zeros (so a NaN in the Jacobian shows in the vjp) and mixed signs."""
     n = int(np.prod(shape))
@@ -133,6 +152,12 @@ def test_unary_nan_inf(name, device):
 @pytest.mark.parametrize("name", BINARY)
 def test_binary_nan_inf(name, device):
     _compare(BINARY[name], (X, Y), device)
+
+
+@pytest.mark.parametrize("name", ROW_OPS)
+def test_rows_of_specials(name, device):
+    """Row-wise ops (one reduction pass on the GPU) give PyTorch's NaN and Inf per row."""
+    _compare(ROW_OPS[name], (ROWS,), device)
 
 
 @pytest.mark.parametrize("name", ["mul", "exp", "sum-dim", "matmul", "softmax", "tanh"])
