@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 
 from .. import _dtype
+from .._creation import arange
 from ..ops import matmul, sigmoid, tanh
 from ..ops._registry import KEEP, defop, defvjp, fused, shift_dims_rule
 from ..ops._util import norm_dim
@@ -346,16 +347,23 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: "
                            f"{label_smoothing:g}")
     cd = 0 if input.ndim == 1 else 1
-    logp = log_softmax(input, cd)
-    target = _class_target(logp, target, weight, ignore_index)
+    if label_smoothing > 0:
+        logp = log_softmax(input, cd)
+    else:
+        _need_float(input, "log_softmax_lastdim_kernel_impl" if cd == input.ndim - 1
+                    else "log_softmax_kernel_impl")
+    target = _class_target(input, target, weight, ignore_index)
     valid = ne(target, ignore_index)
     safe = where(valid, target, 0)                 # ignored targets may be out of range
-    picked = squeeze(gather(logp, cd, unsqueeze(safe, cd)), cd)
+    if label_smoothing > 0:
+        nll = -squeeze(gather(logp, cd, unsqueeze(safe, cd)), cd)
+    else:                                          # one reduction pass, one launch backward
+        nll = squeeze(cross_entropy_nll_(input, unsqueeze(safe, cd), dim=cd), cd)
     w = None
     if weight is not None:
         w = reshape(index_select(weight, 0, reshape(safe, -1)), safe.shape)
-        picked = picked * w
-    nll = where(valid, -picked, 0.0)
+        nll = nll * w
+    nll = where(valid, nll, 0.0)
     # mean: divided by the weight (or count) of the targets not ignored; 0/0 is nan, as PyTorch
     total = None if reduction != "mean" else sum_(valid) if w is None else \
         sum_(where(valid, w, 0.0))
@@ -368,6 +376,52 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         smooth = -sum_(logp if wb is None else logp * wb, cd)
         smooth = _reduce_by(where(valid, smooth, 0.0), reduction, total)
         return (1 - label_smoothing) * loss + smooth * (label_smoothing / n_classes)
+
+
+# nll per position of class-index cross_entropy, without writing log_softmax: the row's (max, sum)
+# in one reduction pass and the target's logit. The backward recomputes the (max, sum) pass
+# rather than keep an N x C array, then writes g (softmax(x) - onehot(t)) in one launch.
+def _ce_nll_impl(xp, x, t, dim):
+    m, s = softmax_stats(xp, x, dim, keepdims=True, float_out=True)
+    xt = xp.take_along_axis(x, t, axis=dim)
+    return ce_fwd.twin(xt, m, s) if xp is np else ce_fwd.gpu(xp, xt, m, s)
+
+
+def _ce_bwd_twin(g, x, m, s, t, k):
+    return _in_float(g, lambda g, x, m, s: g * (np.exp(x - m) / s - (k == t)), x, m, s)
+
+
+ce_fwd = fused("ce_fwd", "nn", "T xt, F m, F s", "T y",
+               twin=lambda xt, m, s: _in_float(xt, lambda a, m, s: np.log(s) - (a - m), m, s),
+               differentiable=False)
+ce_bwd = fused("ce_bwd", "nn", "T g, T x, F m, F s, int64 t, int64 k", "T gx", twin=_ce_bwd_twin,
+               promote=KEEP, saves_ans=False)
+# (max, sum(exp(x - max))) of each row stacked in one array: constants for the backward
+softmax_stats_ = defop("softmax_stats", lambda xp, x, dim: xp.stack(
+    softmax_stats(xp, x, dim, keepdims=True, float_out=True)), promote=KEEP,
+    differentiable=False)
+cross_entropy_nll_ = defop("cross_entropy_nll", _ce_nll_impl, promote=KEEP, saves_ans=False)
+
+
+def cross_entropy_nll_vjp(g, ans, x, t, dim):
+    st = softmax_stats_(x, dim=dim)
+    n = x.shape[dim]
+    k = reshape(arange(n, dtype=_dtype.int64, device=x.device), (n,) + (1,) * (x.ndim - dim - 1))
+    return ce_bwd(g, x, st[0], st[1], t, k)
+
+
+defvjp(cross_entropy_nll_, cross_entropy_nll_vjp, None)
+
+
+def _ce_bwd_x(gg, _, g, x, m, s, t, k):
+    # gx = g (p - onehot) with p = softmax(x) over the class dim, which k's rank gives
+    dim = x.ndim - k.ndim
+    p = softmax_(x, dim=dim)
+    return g * softmax_bwd(gg, p, sum_(gg * p, dim, keepdim=True))
+
+
+defvjp(ce_bwd, lambda gg, _, g, x, m, s, t, k: ce_bwd(gg, x, m, s, t, k), _ce_bwd_x,
+       None, None, None, None)
 
 
 def _reduce_by(loss, reduction, total):

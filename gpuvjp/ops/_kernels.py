@@ -39,8 +39,10 @@ def _names(params: str) -> list[str]:
 
 
 def call_expr(fn: str, in_params: str, ctype: str) -> str:
-    """`gv::fn<C>((C)a, (C)b)`: the math runs in C (float for float16 inputs)."""
-    args = ", ".join(f"({ctype}){n}" for n in _names(in_params))
+    """`gv::fn<C>((C)a, (C)b)`: the math runs in C (float for float16 inputs). Parameters of a
+    named type (int64 t) pass as they are."""
+    params = [p.split()[-2:] for p in in_params.split(",")]
+    args = ", ".join(f"({ctype}){n}" if len(t) == 1 else n for t, n in params)
     return f"gv::{fn}<{ctype}>({args})"
 
 

@@ -194,6 +194,28 @@ def test_against_torch(name, dtype, device, rng):
         np.testing.assert_allclose(got.numpy(), want.detach().numpy(), **TOL[dtype])
 
 
+# The row-wise nn ops run float16 in float32 (one rounding at the end), as PyTorch does.
+FLOAT16 = ["softmax", "softmax_dim0", "softmax_large", "log_softmax", "log_softmax_neg_dim",
+           "cross_entropy", "cross_entropy_sum", "cross_entropy_none", "cross_entropy_1d",
+           "cross_entropy_ignore", "cross_entropy_weight", "cross_entropy_3d"]
+
+
+@needs_torch
+@pytest.mark.parametrize("name", FLOAT16)
+def test_against_torch_float16(name, device, rng):
+    f = CASES[name][0]
+    arrays = _inputs(name, rng)
+    with torch.no_grad():
+        shapes = [tuple(o.shape) for o in _as_tuple(f(torch, *map(torch.tensor, arrays)))]
+    vs = [rng.standard_normal(s) for s in shapes]
+    got_out, got_g = _run(gv, f, arrays, vs, "float16", device)
+    want_out, want_g = _run(torch, f, arrays, vs, "float16")
+    for got, want in zip(got_out + got_g, want_out + want_g):
+        assert str(got.dtype).split(".")[-1] == "float16" == str(want.dtype).split(".")[-1]
+        np.testing.assert_allclose(got.numpy().astype(np.float64),
+                                   want.detach().numpy().astype(np.float64), rtol=4e-3, atol=2e-3)
+
+
 PROMOTIONS = [("int32", "float16"), ("int64", "int32"), ("bool", "int32"), ("float32", "float64"),
               ("bool", "float16"), ("int64", "float32")]
 
