@@ -27,6 +27,7 @@ from .autograd.functional import hessian as hessian, hvp as hvp, jacobian as jac
 from .autograd.functional import jvp as jvp, vhp as vhp, vjp as vjp
 from .ops import *  # noqa: F401,F403  (every op, by its PyTorch name)
 from .ops import __all__ as _ops_all
+from .nn.functional import log_softmax_top as log_softmax, softmax_top as softmax
 
 bool = _dtype.bool_  # noqa: A001  (PyTorch's name)
 half, float, double = float16, float32, float64  # noqa: A001
@@ -42,4 +43,4 @@ __all__ = sorted(set(_ops_all) | {
     "int64", "bool", "half", "float", "double", "long", "int", "get_default_dtype",
     "set_default_dtype", "get_default_device", "set_default_device", "autograd", "cuda", "nn",
     "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "vjp", "jvp", "jacobian",
-    "hessian", "vhp", "hvp"})
+    "hessian", "vhp", "hvp", "softmax", "log_softmax"})

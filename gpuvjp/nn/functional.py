@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 
 from .. import _dtype
+from .._tensor import Tensor
 from .._creation import arange
 from ..ops import matmul, sigmoid, tanh
 from ..ops._registry import KEEP, defop, defvjp, fused, shift_dims_rule
@@ -264,6 +265,23 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
     """Same as `torch.nn.functional.log_softmax`."""
     input, d = _softmax_args("log_softmax", input, dim, _stacklevel, dtype)
     return log_softmax_(input, dim=d)
+
+
+# torch.softmax / torch.log_softmax and the Tensor methods: `dim` is required there
+def _dim_required(name, position):
+    def fn(input, dim, dtype=None):
+        if type(dim) is not int:
+            raise TypeError(f"{name}(): argument 'dim' (position {position}) must be int, not "
+                            f"{type(dim).__name__}")
+        return (softmax if name == "softmax" else log_softmax)(input, dim, dtype=dtype)
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = f"Same as `torch.{name}` (`dim` required)."
+    return fn
+
+
+softmax_top, log_softmax_top = _dim_required("softmax", 2), _dim_required("log_softmax", 2)
+Tensor.softmax = _dim_required("softmax", 1)
+Tensor.log_softmax = _dim_required("log_softmax", 1)
 
 
 # ----- linear ------------------------------------------------------------------------------------

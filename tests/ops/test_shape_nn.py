@@ -417,3 +417,32 @@ def test_errors(name):
     assert type(got) is type(want), f"{type(got).__name__}: {got} / torch: {want!r}"
     if name not in TYPE_ONLY:
         assert str(got) == str(want)
+
+
+@needs_torch
+@pytest.mark.parametrize("call", [
+    lambda m, x: m.softmax(x, 1), lambda m, x: m.log_softmax(x, -1),
+    lambda m, x: x.softmax(0), lambda m, x: x.log_softmax(dim=1),
+    lambda m, x: m.softmax(x, dim=0, dtype=m.float32), lambda m, x: x.log_softmax(1, m.float32)])
+def test_top_level_and_method_softmax(call, device, rng):
+    """torch.softmax / torch.log_softmax and the Tensor methods: values, dtypes, vjps."""
+    x = rng.uniform(-3, 3, (3, 4))
+    v = rng.standard_normal((3, 4))
+    got = gv.vjp(lambda a: call(gv, a), gv.tensor(x, device=device), gv.tensor(v, device=device))
+    want = torch.autograd.functional.vjp(lambda a: call(torch, a), torch.tensor(x),
+                                         torch.tensor(v))
+    for g, w in zip(got, want):
+        assert str(g.dtype).split(".")[-1] == str(w.dtype).split(".")[-1]
+        np.testing.assert_allclose(g.numpy(), w.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+@needs_torch
+@pytest.mark.parametrize("call", [lambda m, x: m.softmax(x), lambda m, x: m.softmax(x, None),
+                                  lambda m, x: x.log_softmax(), lambda m, x: x.softmax(1.0)])
+def test_top_level_softmax_needs_an_int_dim(call):
+    with pytest.raises(TypeError) as want:
+        call(torch, torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="dim") as got:
+        call(gv, gv.zeros(2, 3))
+    if "must be int" in str(want.value):
+        assert str(got.value) == str(want.value)
