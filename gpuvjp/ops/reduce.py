@@ -468,14 +468,14 @@ defvjp(norm_op, norm_vjp)
 
 
 def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
-    """Same as `torch.norm` for vector norms (p a number, or "fro" over at most two dims)."""
+    """Same as `torch.norm`: vector norms (p a number, or "fro" over at most two dims) and the
+    nuclear norm (p="nuc", over two dims)."""
     if dtype is not None:
         input = _shape.to_dtype(input, dtype)
     if isinstance(p, str):
         if p != "fro" or (isinstance(dim, (list, tuple)) and len(dim) > 2):
             if p == "nuc":
-                raise NotImplementedError("gpuvjp: norm(p='nuc') (the nuclear norm) is not "
-                                          "supported")
+                return _nuclear_norm(input, dim, keepdim)
             if p == "fro":
                 raise RuntimeError("linalg.matrix_norm: dim must be a 2-tuple. Got "
                                    + " ".join(str(d) for d in dim))
@@ -498,6 +498,89 @@ def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
             raise RuntimeError(f"linalg.vector_norm cannot compute the {shown} norm on an empty "
                                "tensor because the operation does not have an identity")
     return norm_op(input, p=p, dim=dims, keepdim=bool(keepdim))
+
+
+# ----- the nuclear norm: norm(p="nuc") ------------------------------------------------------------
+# y = sum of the singular values of the matrices over dims (d0, d1), dy/dA = U V^T (reduced SVD,
+# A = U S V^T): the polar factor. Its own vjp (for hessians) is an op; a third derivative raises.
+def _matrices(xp, x, dim):
+    return xp.moveaxis(x, dim, (-2, -1))
+
+
+def _nuc_impl(xp, x, dim, keepdim):
+    a = _matrices(xp, x, dim)
+    if min(a.shape[-2:]) == 0:
+        out = xp.zeros(a.shape[:-2], x.dtype)
+    else:
+        out = xp.linalg.svd(a, compute_uv=False).sum(-1)
+    return xp.expand_dims(out, tuple(sorted(dim))) if keepdim else out
+
+
+def _polar_impl(xp, x, dim):
+    a = _matrices(xp, x, dim)
+    if min(a.shape[-2:]) == 0:
+        return xp.zeros_like(x)
+    u, _, vh = xp.linalg.svd(a, full_matrices=False)
+    return xp.moveaxis(u @ vh, (-2, -1), dim)
+
+
+def _polar_bwd_impl(xp, g, x, dim):
+    """The vjp of Q = U V^T: for m >= n, with M = U^T G V and K_ij = 1 / (s_i + s_j),
+    gA = U ((M - M^T) * K) V^T + (I - U U^T) G V S^-1 V^T; m < n is the transposed case."""
+    a, gq = _matrices(xp, x, dim), _matrices(xp, g, dim)
+    if min(a.shape[-2:]) == 0:
+        return xp.zeros_like(x)
+    wide = a.shape[-2] < a.shape[-1]
+    if wide:
+        a, gq = xp.swapaxes(a, -1, -2), xp.swapaxes(gq, -1, -2)
+    u, s, vh = xp.linalg.svd(a, full_matrices=False)
+    v = xp.swapaxes(vh, -1, -2)
+    m = xp.swapaxes(u, -1, -2) @ gq @ v
+    k = 1 / (s[..., :, None] + s[..., None, :])
+    ga = u @ ((m - xp.swapaxes(m, -1, -2)) * k) @ vh
+    rest = gq - u @ (xp.swapaxes(u, -1, -2) @ gq)
+    ga = ga + (rest @ v / s[..., None, :]) @ vh
+    if wide:
+        ga = xp.swapaxes(ga, -1, -2)
+    return xp.moveaxis(ga, (-2, -1), dim)
+
+
+def _no_third_derivative(*_, **__):
+    raise NotImplementedError("gpuvjp: the third derivative of norm(p='nuc') is not "
+                              "implemented")
+
+
+nuc_op = defop("nuclear_norm", _nuc_impl, promote=KEEP)
+polar_op = defop("nuclear_norm_grad", _polar_impl, promote=KEEP, saves_ans=False)
+polar_bwd_op = defop("nuclear_norm_grad_vjp", _polar_bwd_impl, promote=KEEP, saves_ans=False)
+defvjp(nuc_op, lambda g, ans, x, dim, keepdim: keep(g, dim, keepdim, x.shape) * polar_op(
+    x, dim=dim))
+defvjp(polar_op, lambda g, ans, x, dim: polar_bwd_op(g, x, dim=dim))
+defvjp(polar_bwd_op, _no_third_derivative, _no_third_derivative)
+
+
+def _nuclear_norm(input, dim, keepdim):
+    """PyTorch's checks of linalg.matrix_norm(ord="nuc"), then the op."""
+    if input.ndim < 2:
+        raise RuntimeError("linalg.matrix_norm: The input tensor A must have at least 2 "
+                           "dimensions.")
+    if dim is None:
+        dim = tuple(range(input.ndim))
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    if len(dims) != 2:
+        raise RuntimeError("linalg.matrix_norm: dim must be a 2-tuple. Got "
+                           + " ".join(str(d) for d in dims))
+    d = norm_dims(dims, input.ndim)
+    if len(set(d)) != 2:
+        raise RuntimeError(f"linalg.matrix_norm: dims must be different. Got ({dims[0]}, "
+                           f"{dims[1]})")
+    if not input._dtype.is_floating_point:
+        raise RuntimeError("linalg.matrix_norm: Expected a floating point or complex tensor as "
+                           f"input. Got {input._dtype.name.capitalize()}")
+    if input._dtype.itemsize < 4:
+        raise RuntimeError("linalg.matrix_norm: Low precision dtypes not supported. Got Half")
+    return nuc_op(input, dim=tuple(dims[i] % input.ndim for i in range(2)),
+                  keepdim=bool(keepdim))
 
 
 # ----- var, std --------------------------------------------------------------------------------
