@@ -201,10 +201,11 @@ def _log_softmax_fwd_twin(x, m, s):
     return _in_float(x, lambda a, m, s: (a - m) - np.log(s), m, s)
 
 
+# F: the statistics' dtype, float32 for float16 x (KEEP: the kernels take the mix as it is)
 softmax_fwd = fused("softmax_fwd", "nn", "T x, F m, F s", "T y", twin=_softmax_fwd_twin,
-                    differentiable=False)
+                    promote=KEEP, differentiable=False)
 log_softmax_fwd = fused("log_softmax_fwd", "nn", "T x, F m, F s", "T y",
-                        twin=_log_softmax_fwd_twin, differentiable=False)
+                        twin=_log_softmax_fwd_twin, promote=KEEP, differentiable=False)
 
 
 def _softmax_impl(xp, x, dim, log):
@@ -411,7 +412,7 @@ def _ce_bwd_twin(g, x, m, s, t, k):
 
 ce_fwd = fused("ce_fwd", "nn", "T xt, F m, F s", "T y",
                twin=lambda xt, m, s: _in_float(xt, lambda a, m, s: np.log(s) - (a - m), m, s),
-               differentiable=False)
+               promote=KEEP, differentiable=False)
 ce_bwd = fused("ce_bwd", "nn", "T g, T x, F m, F s, int64 t, int64 k", "T gx", twin=_ce_bwd_twin,
                promote=KEEP, saves_ans=False)
 # (max, sum(exp(x - max))) of each row stacked in one array: constants for the backward

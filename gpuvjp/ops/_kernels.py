@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import operator
 import pathlib
 
 import numpy as np
 
 __all__ = ["source", "elementwise_caller", "map_sum", "Reduction", "defreduction", "REDUCTIONS",
-           "KernelSourceError", "kernel_dir"]
+           "defscatter", "SCATTERS", "KernelSourceError", "kernel_dir"]
 
 
 class KernelSourceError(RuntimeError):
@@ -141,7 +142,7 @@ class Reduction:
         if len(self.values) == 1:
             return _launch(kernel, self.family, self.name, a, axis=axis, keepdims=keepdims)
         # CuPy returns only the first output of a reduction: pass all of them in
-        axes = {d % a.ndim for d in ((axis,) if isinstance(axis, int) else axis)}
+        axes = {operator.index(d) % a.ndim for d in (axis if isinstance(axis, tuple) else (axis,))}
         shape = tuple(1 if d in axes else n for d, n in enumerate(a.shape)
                       if keepdims or d not in axes)
         outs = tuple(xp.empty(shape, np.float32 if half and float_out else a.dtype)
@@ -160,7 +161,8 @@ def defreduction(name, family, *, state, one, merge, values, empty, twin):
 @functools.cache
 def reduction_kernel(name, half, float_out):
     """The ReductionKernel `gv_<name>`, built on first GPU use. Its parameters are named "src"
-    and "dst": CuPy substitutes parameter names inside the expressions as plain substrings."""
+    and "dst": CuPy's CUB path renames them inside the expressions by plain substring
+    replacement, so no gv:: name may contain them."""
     import cupy
 
     red = REDUCTIONS[name]
@@ -169,6 +171,31 @@ def reduction_kernel(name, half, float_out):
     return cupy.ReductionKernel("T src", ", ".join(f"{out} {o}" for o in red.out_names()),
                                 name=f"gv_{name}", preamble=source(red.family),
                                 **red.exprs(ctype, "float" if float_out else "T"))
+
+
+# ----- scatters: one atomicAdd per gradient element -------------------------------------------------
+SCATTERS: dict[str, tuple] = {}
+
+
+def defscatter(name, family, in_params, body):
+    """Declare the ElementwiseKernel `gv_<name>` that adds each element of its inputs into
+    `raw T out` at a slot gv:: functions of kernels/<family>.cuh compute; `body` reads `i`, the
+    element's flat index. Returns `launch(*inputs, out)`; tests/ops/test_kernels.py compiles
+    every one declared."""
+    SCATTERS[name] = (family, in_params, body)
+
+    def launch(*args):
+        return _launch(scatter_kernel(name), family, name, *args)
+    return launch
+
+
+@functools.cache
+def scatter_kernel(name):
+    import cupy
+
+    family, in_params, body = SCATTERS[name]
+    return cupy.ElementwiseKernel(in_params, "raw T out", body, f"gv_{name}",
+                                  preamble=source(family))
 
 
 def _launch(kernel, family, fn, *args, **kwargs):

@@ -9,6 +9,7 @@ import operator
 import numpy as np
 
 from .. import _device, _dtype
+from . import _kernels
 from . import reduce as _reduce
 from ..autograd._forward import deflinear
 from ._registry import KEEP, defop, defvjp
@@ -584,10 +585,26 @@ def _index_add(xp, g, index, dim, shape):
     return _scatter_back(xp, g, _along(dim, index), shape)
 
 
+# On the GPU each backward is one launch over the gradient: an atomicAdd per element at the slot
+# gv::gather_slot computes (kernels/shape.cuh); the CPU's np.add.at is the twin.
+_index_add_kernel = _kernels.defscatter(
+    "index_select_bwd", "shape", "T g, raw int64 idx, int64 n, int64 inner, int64 d",
+    "atomicAdd(&out[gv::gather_slot(i, idx[gv::select_pos(i, n, inner)], n, inner, d)], g)")
+
+
+def _index_add_gpu(xp, g, index, dim, shape):
+    out = xp.zeros(shape, dtype=g.dtype)
+    if g.size:
+        _index_add_kernel(g, index.astype(np.int64, copy=False), index.size,
+                          math.prod(shape[dim + 1:]), shape[dim], out)
+    return out
+
+
 index_select_ = defop("index_select", lambda xp, x, index, dim: xp.take(x, index, axis=dim),
                       promote=KEEP, saves_ans=False, saves_inputs=False)
 index_add_ = defop("index_select_backward", _index_add, promote=KEEP, saves_ans=False,
                    saves_inputs=False)
+index_add_.gpu = _index_add_gpu
 defvjp(index_select_,
        lambda g, ans, x, index, dim: index_add_(g, index=index, dim=dim, shape=x.shape))
 defvjp(index_add_, lambda gg, ans, g, index, dim, shape: index_select_(gg, index=index, dim=dim))
@@ -627,9 +644,27 @@ def _gather_back(xp, g, index, dim, shape):
     return _scatter_back(xp, g, loc, shape)
 
 
+_gather_back_kernel = _kernels.defscatter(
+    "gather_bwd", "shape", "T g, int64 idx, int64 n, int64 inner, int64 d",
+    "atomicAdd(&out[gv::gather_slot(i, idx, n, inner, d)], g)")
+
+
+def _gather_back_gpu(xp, g, index, dim, shape):
+    if index.ndim == 0:
+        return _gather_back(xp, g, index, dim, shape)
+    out = xp.zeros(shape, dtype=g.dtype)
+    if g.size:
+        # the index may be smaller than the input off `dim`: add into that leading block
+        block = tuple(slice(None) if k == dim else slice(0, n) for k, n in enumerate(index.shape))
+        _gather_back_kernel(g, index.astype(np.int64, copy=False), index.shape[dim],
+                            math.prod(index.shape[dim + 1:]), shape[dim], out[block])
+    return out
+
+
 gather_ = defop("gather", _gather_impl, promote=KEEP, saves_ans=False, saves_inputs=False)
 gather_backward_ = defop("gather_backward", _gather_back, promote=KEEP, saves_ans=False,
                          saves_inputs=False)
+gather_backward_.gpu = _gather_back_gpu
 defvjp(gather_,
        lambda g, ans, x, index, dim: gather_backward_(g, index=index, dim=dim, shape=x.shape))
 defvjp(gather_backward_, lambda gg, ans, g, index, dim, shape: gather_(gg, index=index, dim=dim))

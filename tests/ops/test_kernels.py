@@ -75,6 +75,8 @@ TOL = {"float16": dict(rtol=1e-2, atol=1e-2),
 def _inputs(key, dtype, shapes, rng):
     """One array per input of `key`'s kernel, each of its shape in `shapes`."""
     params = _params(FUSED[key].kernel[0])
+    if dtype == "float16":      # as at run time: a placeholder other than T is float32 (see above)
+        params = [("float32", n) if len(t) == 1 and t != "T" else (t, n) for t, n in params]
     arrays = []
     for (_, name), shape in zip(params, shapes):
         lo, hi = RANGES.get(f"{key}.{name}", RANGES.get(name, DEFAULT_RANGE))
@@ -168,7 +170,10 @@ def _cupy_unit(kern, dtype, preamble):
     head = "".join(f"#include <{h}>\n" for h in _cupy_headers())
     if dtype == "float16":
         head += '#include "cupy/float16.cuh"\n'
-    head += "".join(f"typedef {typename} {t};\n" for t in sorted(placeholders))
+    # T is the kernel's dtype; any other placeholder carries float32 row statistics for float16
+    # (softmax_stats(float_out=True)) and the dtype itself otherwise
+    head += "".join(f"typedef {typename if t == 'T' or dtype != 'float16' else 'float'} {t};\n"
+                    for t in sorted(placeholders))
     body = "\n    ".join([*loads, kern.operation])
     params.append("CIndexer<1, true> _ind")
     return (f"{head}{preamble}\n#line 1 \"{kern.name} (generated wrapper)\"\n"
@@ -436,6 +441,14 @@ def test_reduction_compiles_with_nvrtc(name, dtype, float_out, nvrtc):
 
 
 @pytest.mark.parametrize("name", REDUCTIONS)
+def test_reduction_names_survive_cupys_renaming(name):
+    """CuPy's CUB path renames "src" and "dst" in the expressions by substring replacement."""
+    red = _kernels.REDUCTIONS[name]
+    names = [red.state, red.one, red.merge, red.empty, *red.values]
+    assert not [n for n in names if "src" in n or "dst" in n]
+
+
+@pytest.mark.parametrize("name", REDUCTIONS)
 def test_reduction_nvrtc_check_fails_on_a_broken_merge(name, nvrtc):
     red = _kernels.REDUCTIONS[name]
     preamble = _kernels.reduction_kernel(name, False, False).preamble
@@ -544,6 +557,18 @@ RED_SHAPES = [((7,), 0), ((33, 65), 1), ((33, 65), 0), ((33, 65), (0, 1)), ((4, 
               ((0, 5), 1), ((3, 5, 7), (0, 2)), ((2, 3000), 1), ((3000, 2), 0)]
 
 
+@pytest.fixture(params=["plain", "cub"])
+def reduction_path(request):
+    """CuPy runs a one-output ReductionKernel through CUB where it can (contiguous rows of 128
+    or more, nvcc present) and through its own template otherwise: test both."""
+    from cupy._core import _accelerator
+
+    saved = _accelerator.get_reduction_accelerators()
+    _accelerator.set_reduction_accelerators([] if request.param == "plain" else ["cub"])
+    yield request.param
+    _accelerator.set_reduction_accelerators(saved)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("keepdims", [False, True])
 @pytest.mark.parametrize("shape,axis", [pytest.param(s, a, id=f"{s}-axis{a}")
@@ -551,7 +576,8 @@ RED_SHAPES = [((7,), 0), ((33, 65), 1), ((33, 65), 0), ((33, 65), (0, 1)), ((4, 
 @pytest.mark.parametrize("name,dtype,float_out",
                          [pytest.param(n, d, f, id=f"{n}-{d}{'-float_out' if f else ''}")
                           for n in REDUCTIONS for d, f in RED_TYPES])
-def test_reduction_on_cuda_matches_twin(name, dtype, float_out, shape, axis, keepdims, rng):
+def test_reduction_on_cuda_matches_twin(name, dtype, float_out, shape, axis, keepdims, rng,
+                                        reduction_path):
     import cupy
 
     red = _kernels.REDUCTIONS[name]
@@ -566,3 +592,116 @@ def test_reduction_on_cuda_matches_twin(name, dtype, float_out, shape, axis, kee
         assert (got.dtype, got.shape) == (want.dtype, want.shape), value
         _assert_close(got, want, "float32" if float_out else dtype,
                       f"gv::{value} of gv_{name} on cuda against its twin")
+
+
+# ----- 5. scatters (gpuvjp.ops._kernels.SCATTERS): compile, slot arithmetic, and on the GPU ------
+SCATTERS = sorted(_kernels.SCATTERS)
+
+
+def _compile_scatter(nvrtc, name, dtype, preamble=None):
+    kern = _kernels.scatter_kernel(name)
+    options = _cupy_options(tuple(kern.kwargs.get("options", ())))
+    if dtype == "float16" and not _has_fp16_header(options):
+        pytest.skip("cuda_fp16.h is on none of CuPy's include paths: CuPy could not compile a "
+                    "float16 kernel on this machine either")
+    family = _kernels.SCATTERS[name][0]
+    preamble = _marked(kern.preamble, family) if preamble is None else preamble
+    return _nvrtc_compile(nvrtc, _cupy_unit(kern, dtype, preamble), f"{kern.name}_{dtype}.cu",
+                          options)
+
+
+@pytest.mark.parametrize("name,dtype", [pytest.param(n, d, id=f"{n}-{d}")
+                                        for n in SCATTERS for d in DTYPES])
+def test_scatter_compiles_with_nvrtc(name, dtype, nvrtc):
+    ok, log = _compile_scatter(nvrtc, name, dtype)
+    assert ok, f"NVRTC rejects gv_{name} ({dtype}):\n{log}"
+
+
+@pytest.mark.parametrize("name", SCATTERS)
+def test_scatter_nvrtc_check_fails_on_a_broken_slot(name, nvrtc):
+    preamble = _kernels.scatter_kernel(name).preamble
+    broken = re.sub(r"\bgather_slot\b(?=\s*\()", "gather_slot_renamed", preamble)
+    assert broken != preamble
+    ok, log = _compile_scatter(nvrtc, name, "float32", broken)
+    assert not ok and "gather_slot" in log, log
+
+
+SLOT_WRAPPERS = '''
+extern "C" void slot_check(const long long* idx, long long* out, long long size, long long n,
+                           long long inner, long long d, int select) {
+  for (long long i = 0; i < size; ++i) {
+    long long k = select ? idx[gv::select_pos(i, n, inner)] : idx[i];
+    out[i] = gv::gather_slot(i, k, n, inner, d);
+  }
+}
+'''
+
+
+@pytest.fixture(scope="module")
+def host_slot_lib(tmp_path_factory):
+    cxx = _hostcc.find_cxx()
+    if cxx is None:
+        pytest.skip("no host C++ compiler found ($CXX, g++, c++ or clang++)")
+    source = _marked(_kernels.source("shape"), "shape") + "\n" + SLOT_WRAPPERS
+    try:
+        lib = _hostcc.load(source, tmp_path_factory.getbasetemp() / "hostcc", cxx)
+    except _hostcc.HostCompileError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    lib.slot_check.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_longlong] * 4 + [
+        ctypes.c_int]
+    lib.slot_check.restype = None
+    return lib
+
+
+@pytest.mark.parametrize("select", [False, True], ids=["gather", "index_select"])
+@pytest.mark.parametrize("outer,n,inner,d", [(1, 1, 1, 1), (3, 4, 5, 6), (2, 7, 1, 3),
+                                             (1, 5, 9, 2), (4, 2, 3, 2)])
+def test_scatter_slots_match_numpy(outer, n, inner, d, select, host_slot_lib, rng):
+    """The flat slot each gradient element adds into, from the kernel's gv:: functions built by
+    the host compiler, against NumPy's own indexing of the (outer, d, inner) gradient."""
+    shape = (outer, n, inner)
+    idx = rng.integers(0, d, size=n if select else shape).astype(np.int64)
+    got = np.empty(outer * n * inner, np.int64)
+    host_slot_lib.slot_check(idx.ctypes.data, got.ctypes.data, got.size, n, inner, d, select)
+    o, j, r = np.indices(shape)
+    k = idx[j] if select else idx
+    want = np.ravel_multi_index((o, k, r), (outer, d, inner)).reshape(-1)
+    np.testing.assert_array_equal(got, want)
+
+
+SCATTER_CASES = {
+    # name -> (program on a tensor x of shape (5, 6), index values); many repeats on purpose
+    "gather_dim0": lambda m, x: m.gather(x, 0, _idx(m, x, np.arange(24).reshape(4, 6) % 2)),
+    "gather_dim1_small": lambda m, x: x.gather(1, _idx(m, x, (np.arange(12) % 3).reshape(3, 4))),
+    "gather_3d": lambda m, x: m.gather(x.reshape(5, 2, 3), 2,
+                                       _idx(m, x, np.zeros((5, 2, 7), np.int64))),
+    "gather_expanded_g": lambda m, x: m.gather(x, 1, _idx(m, x, np.ones((5, 4), np.int64)))
+    .sum(0, keepdim=True).expand(3, 4),
+    "index_select_dim0": lambda m, x: m.index_select(x, 0, _idx(m, x, [4, 4, 0, 4, 2, 4])),
+    "index_select_dim1": lambda m, x: x.index_select(-1, _idx(m, x, [5, 1, 1, 5, 5])),
+    "index_select_int32": lambda m, x: x.index_select(0, _idx(m, x, [1, 1, 1]).int()),
+}
+
+
+def _idx(m, x, values):
+    return m.tensor(np.asarray(values, dtype=np.int64), device=x.device)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(SCATTER_CASES))
+def test_scatter_on_cuda_matches_cpu(case, dtype, rng):
+    """The backward scatters on the GPU (gv_gather_bwd, gv_index_select_bwd) against the CPU's
+    np.add.at twin, with repeated indices accumulating."""
+    f = SCATTER_CASES[case]
+    x = rng.uniform(-2, 2, (5, 6)).astype(dtype)
+    outs = {}
+    for dev in ("cpu", "cuda"):
+        xt = gv.tensor(x, device=dev)
+        shape = f(gv, xt).shape
+        v = gv.tensor(np.linspace(-1, 1, int(np.prod(shape))).reshape(shape).astype(dtype),
+                      device=dev)
+        outs[dev] = gv.vjp(lambda t: f(gv, t), xt, v)
+    for got, want in zip(outs["cuda"], outs["cpu"]):
+        assert (got.dtype, got.shape) == (want.dtype, want.shape)
+        _assert_close(got.numpy(), want.numpy(), dtype, f"{case} on cuda against cpu")
