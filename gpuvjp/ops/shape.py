@@ -258,11 +258,37 @@ def _has_array(index):
     return any(not isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in index)
 
 
+def _single_array_axis(index):
+    """k where `index` is one integer index array at axis k after full slices (`x[:, idx]`),
+    else None."""
+    k = None
+    for pos, i in enumerate(index):
+        if hasattr(i, "dtype"):
+            if k is not None or i.dtype.kind not in "iu" or i.ndim == 0:
+                return None
+            k = pos
+        elif i != slice(None):
+            return None
+    return k
+
+
+def _index_backward_gpu(xp, g, index, shape):
+    """x[:, idx] is index_select along that axis: its backward is the same one-launch scatter
+    (kernels/shape.cuh). Other indexes (masks, several arrays) scatter through CuPy's add.at."""
+    k = _single_array_axis(index)
+    if k is None or not g.size:
+        return _scatter_back(xp, g, index, shape)
+    idx = index[k].reshape(-1).astype(np.int64)
+    idx = xp.where(idx < 0, idx + shape[k], idx)
+    return _index_add_gpu(xp, g.reshape(shape[:k] + (idx.size,) + shape[k + 1:]), idx, k, shape)
+
+
 getitem_ = defop("getitem", lambda xp, x, index: x[index], promote=KEEP, saves_ans=False,
                  saves_inputs=False)
 index_backward_ = defop("index_backward",
                         lambda xp, g, index, shape: _scatter_back(xp, g, index, shape),
                         promote=KEEP, saves_ans=False, saves_inputs=False)
+index_backward_.gpu = lambda xp, g, index, shape: _index_backward_gpu(xp, g, index, shape)
 defvjp(getitem_, lambda g, ans, x, index: index_backward_(g, index=index, shape=x.shape))
 defvjp(index_backward_, lambda gg, ans, g, index, shape: getitem_(gg, index=index))
 deflinear(getitem_, index_backward_)

@@ -162,3 +162,27 @@ def test_emulation_enforces_cupy_conventions(emulated):
     with pytest.raises(AssertionError, match="out shape"):
         _reduction("softmax_stats", False, False)(np.ones((3, 4)), np.empty((3,)),
                                                   np.empty((3,)), axis=1, keepdims=True)
+
+
+def _index_cases(rng):
+    i1 = rng.integers(-5, 5, 7)                       # repeats and negative indices
+    i2 = rng.integers(0, 4, (2, 3))
+    return {
+        "rows": (i1,), "cols": (slice(None), rng.integers(-4, 4, 6)),
+        "middle_2d": (slice(None), i2), "rows_2d": (rng.integers(0, 5, (3, 2)),),
+        # the fallback to add.at: masks, several arrays, ints, partial slices
+        "mask": (rng.random(5) > 0.5,), "two_arrays": (i1, rng.integers(0, 4, 7)),
+        "int_then_array": (1, rng.integers(0, 4, 3)), "partial_slice": (slice(1, 4), i2),
+    }
+
+
+@pytest.mark.parametrize("case", ["rows", "cols", "middle_2d", "rows_2d", "mask", "two_arrays",
+                                  "int_then_array", "partial_slice"])
+def test_index_backward(case, emulated, rng):
+    x = rng.standard_normal((5, 4, 3))
+    index = _index_cases(rng)[case]
+    g = rng.standard_normal(x[index].shape)
+    _close(S._index_backward_gpu(fake_cupy, g, index, x.shape),
+           S._scatter_back(np, g, index, x.shape))
+    assert (S._single_array_axis(index) is None) == (case in ("mask", "two_arrays",
+                                                               "int_then_array", "partial_slice"))

@@ -680,6 +680,9 @@ SCATTER_CASES = {
     "index_select_dim0": lambda m, x: m.index_select(x, 0, _idx(m, x, [4, 4, 0, 4, 2, 4])),
     "index_select_dim1": lambda m, x: x.index_select(-1, _idx(m, x, [5, 1, 1, 5, 5])),
     "index_select_int32": lambda m, x: x.index_select(0, _idx(m, x, [1, 1, 1]).int()),
+    "getitem_rows": lambda m, x: x[_idx(m, x, [3, -1, 3, 0, 4, -2])],
+    "getitem_cols_2d": lambda m, x: x[:, _idx(m, x, [[5, 5], [0, -6]])],
+    "getitem_mask": lambda m, x: x[x > 0],
 }
 
 
@@ -691,8 +694,8 @@ def _idx(m, x, values):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", sorted(SCATTER_CASES))
 def test_scatter_on_cuda_matches_cpu(case, dtype, rng):
-    """The backward scatters on the GPU (gv_gather_bwd, gv_index_select_bwd) against the CPU's
-    np.add.at twin, with repeated indices accumulating."""
+    """The backward scatters on the GPU (gv_gather_bwd, gv_index_select_bwd, which x[:, idx]
+    uses too) against the CPU's np.add.at twin, with repeated indices accumulating."""
     f = SCATTER_CASES[case]
     x = rng.uniform(-2, 2, (5, 6)).astype(dtype)
     outs = {}
