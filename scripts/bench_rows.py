@@ -142,32 +142,5 @@ def libraries(device):
     return libs
 
 
-def main():
-    args = bv.parse_args()
-    if torch is not None:
-        torch.set_num_threads(1)
-    if args.device == "cuda" and not bv.cuda_available():
-        sys.exit("bench_rows: --device cuda, but neither gpuvjp nor torch sees a GPU")
-    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    devices = [d for d in devices if d == "cpu" or bv.cuda_available()]
-    bandwidths = {d: bv.copy_bandwidth(d) for d in devices}
-    rows = []
-    for device in devices:
-        libs = libraries(device)
-        for wl in workloads(device, args.quick):
-            print(f"# {wl.name} {wl.shape} on {device}", file=sys.stderr)
-            rows.append(bv.table_row(wl, device, bv.run_workload(wl, device, libs, args.quick,
-                                                                 bandwidths[device])))
-    head = bv.header(devices, bandwidths).replace(
-        "# vjp benchmark: one full vjp call, median",
-        "# row-wise ops benchmark: one full vjp call, median", 1)
-    text = "\n".join([head, bv.TABLE_HEAD, *rows]) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    return 1 if any("FAIL" in r or "ERROR" in r for r in rows) else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(bv.main(workloads, libraries, "row-wise ops benchmark"))

@@ -429,13 +429,13 @@ def git_commit():
         return "none"
 
 
-def header(devices, bandwidths):
+def header(devices, bandwidths, title="vjp benchmark"):
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     versions = ", ".join(f"{name} {version(dists, module)}" for name, dists, module in [
         ("gpuvjp", ["gpuvjp"], gv), ("numpy", ["numpy"], np),
         ("cupy", ["cupy-cuda13x", "cupy-cuda12x", "cupy"], None), ("torch", ["torch"], torch),
         ("jax", ["jax"], None)])
-    lines = ["# vjp benchmark: one full vjp call, median", "",
+    lines = [f"# {title}: one full vjp call, median", "",
              f"- date: {now}; commit: {git_commit()}; python {platform.python_version()}",
              f"- versions: {versions}"]
     for d in devices:
@@ -461,12 +461,14 @@ def parse_args():
     return p.parse_args()
 
 
-def main():
+def main(workloads=workloads, libraries=libraries, title="vjp benchmark"):
+    """Run `workloads(device, quick)` under `libraries(device)` and print (and with --out,
+    write) the table; bench_rows.py reuses this with its own workloads."""
     args = parse_args()
     if torch is not None:
         torch.set_num_threads(1)
     if args.device == "cuda" and not cuda_available():
-        sys.exit("bench_vjp: --device cuda, but neither gpuvjp nor torch sees a GPU")
+        sys.exit(f"{title}: --device cuda, but neither gpuvjp nor torch sees a GPU")
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or cuda_available()]
     bandwidths = {d: copy_bandwidth(d) for d in devices}
@@ -477,7 +479,7 @@ def main():
             print(f"# {wl.name} {wl.shape} on {device}", file=sys.stderr)
             rows.append(table_row(wl, device, run_workload(wl, device, libs, args.quick,
                                                            bandwidths[device])))
-    text = "\n".join([header(devices, bandwidths), TABLE_HEAD, *rows]) + "\n"
+    text = "\n".join([header(devices, bandwidths, title), TABLE_HEAD, *rows]) + "\n"
     print(text)
     if args.out:
         with open(args.out, "w") as f:

@@ -287,21 +287,26 @@ def _host_wrapper(key, ctype):
             f"  }}\n}}\n")
 
 
-@pytest.fixture(scope="module")
-def host_lib(tmp_path_factory):
-    """kernels/*.cuh (common.cuh defines __device__ away) and a check_ wrapper per fused op and
-    type, built once per session and source by the host C++ compiler."""
+def _host_build(families, wrappers, title, tmp_path_factory):
+    """kernels/common.cuh + kernels/<family>.cuh (common.cuh defines __device__ away) and the
+    generated `wrappers`, built by the host C++ compiler once per session and source."""
     cxx = _hostcc.find_cxx()
     if cxx is None:
         pytest.skip("no host C++ compiler found ($CXX, g++, c++ or clang++)")
-    source = "".join(_marked(_kernels.source(f), f) + "\n" for f in FAMILIES)
-    source += '#line 1 "check wrappers (generated)"\n'
-    source += "".join(_host_wrapper(k, c) for k in ELEMENTWISE for c in HOST_TYPES.values())
+    source = "".join(_marked(_kernels.source(f), f) + "\n" for f in families)
+    source += f'#line 1 "{title} (generated)"\n' + wrappers
     try:
         return _hostcc.load(source, tmp_path_factory.getbasetemp() / "hostcc", cxx)
     except _hostcc.HostCompileError as exc:
         error = str(exc)
     pytest.fail(error, pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def host_lib(tmp_path_factory):
+    """A check_ wrapper per fused op and type."""
+    wrappers = "".join(_host_wrapper(k, c) for k in ELEMENTWISE for c in HOST_TYPES.values())
+    return _host_build(FAMILIES, wrappers, "check wrappers", tmp_path_factory)
 
 
 @pytest.mark.parametrize("key,dtype", [pytest.param(k, d, id=f"{k}-{d}")
@@ -515,18 +520,10 @@ def _values(red, out):
 
 @pytest.fixture(scope="module")
 def host_red_lib(tmp_path_factory):
-    cxx = _hostcc.find_cxx()
-    if cxx is None:
-        pytest.skip("no host C++ compiler found ($CXX, g++, c++ or clang++)")
     families = sorted({_kernels.REDUCTIONS[n].family for n in REDUCTIONS})
-    source = "".join(_marked(_kernels.source(f), f) + "\n" for f in families)
-    source += '#line 1 "reduction check wrappers (generated)"\n'
-    source += "".join(_host_reduction_wrapper(n, c) for n in REDUCTIONS for c in HOST_TYPES.values())
-    try:
-        return _hostcc.load(source, tmp_path_factory.getbasetemp() / "hostcc", cxx)
-    except _hostcc.HostCompileError as exc:
-        error = str(exc)
-    pytest.fail(error, pytrace=False)
+    wrappers = "".join(_host_reduction_wrapper(n, c) for n in REDUCTIONS
+                       for c in HOST_TYPES.values())
+    return _host_build(families, wrappers, "reduction check wrappers", tmp_path_factory)
 
 
 @pytest.mark.parametrize("order", ["sequential", "split", "reversed-split", "tree"])
@@ -639,14 +636,7 @@ extern "C" void slot_check(const long long* idx, long long* out, long long size,
 
 @pytest.fixture(scope="module")
 def host_slot_lib(tmp_path_factory):
-    cxx = _hostcc.find_cxx()
-    if cxx is None:
-        pytest.skip("no host C++ compiler found ($CXX, g++, c++ or clang++)")
-    source = _marked(_kernels.source("shape"), "shape") + "\n" + SLOT_WRAPPERS
-    try:
-        lib = _hostcc.load(source, tmp_path_factory.getbasetemp() / "hostcc", cxx)
-    except _hostcc.HostCompileError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    lib = _host_build(["shape"], SLOT_WRAPPERS, "slot check wrapper", tmp_path_factory)
     lib.slot_check.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_longlong] * 4 + [
         ctypes.c_int]
     lib.slot_check.restype = None
