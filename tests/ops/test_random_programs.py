@@ -61,12 +61,23 @@ RESHAPE = {
     "amax_last": lambda nd: (lambda m, x: m.amax(x, -1)) if nd else None,
     "logsumexp": lambda nd: (lambda m, x: m.logsumexp(x, -1)) if nd else None,
     "softmax": lambda nd: (lambda m, x: F(m).softmax(x, -1)) if nd else None,
+    "log_softmax_first": lambda nd: (lambda m, x: F(m).log_softmax(x, 0)) if nd else None,
+    "cross_entropy_rows": lambda nd: (lambda m, x: F(m).cross_entropy(
+        x, _ints(m, x, np.arange(x.shape[0]) % x.shape[1]), reduction="none")) if nd == 2
+    else None,
+    "index_rows": lambda nd: (lambda m, x: x[_ints(m, x, np.arange(5) % x.shape[0] - 1)])
+    if nd else None,
     "transpose": lambda nd: (lambda m, x: x.transpose(0, -1)) if nd >= 2 else None,
     "flatten": lambda nd: (lambda m, x: x.flatten()) if nd >= 1 else None,
     "unsqueeze": lambda nd: (lambda m, x: x.unsqueeze(0)) if nd <= 3 else None,
     "flip": lambda nd: (lambda m, x: x.flip(0)) if nd else None,
     "cumsum": lambda nd: (lambda m, x: x.cumsum(-1)) if nd else None,
 }
+
+
+def _ints(m, x, values):
+    """An int64 index tensor on x's device (repeats, and negatives where the values have any)."""
+    return m.tensor(np.asarray(values, dtype=np.int64), device=x.device)
 
 
 @st.composite
@@ -114,6 +125,10 @@ def _shape_after(name, s):
         return (int(np.prod(s)),)
     if name == "unsqueeze":
         return (1,) + s
+    if name == "cross_entropy_rows":
+        return s[:1]
+    if name == "index_rows":
+        return (5,) + s[1:]
     return s
 
 
