@@ -27,6 +27,11 @@ class dtype:
         return self.category == _FLOAT
 
     @property
+    def scalar_name(self):
+        """PyTorch's ScalarType name, as its error messages print it ("Float", "Long")."""
+        return _SCALAR_NAMES[self.name]
+
+    @property
     def is_complex(self):
         return False
 
@@ -48,6 +53,8 @@ int32 = dtype("int32", np.int32, _INT, 0)
 int64 = dtype("int64", np.int64, _INT, 1)
 bool_ = dtype("bool", np.bool_, _BOOL, 0)
 
+_SCALAR_NAMES = {"float16": "Half", "float32": "Float", "float64": "Double", "int32": "Int",
+                 "int64": "Long", "bool": "Bool"}
 _BY_NP = {d.np: d for d in (float16, float32, float64, int32, int64, bool_)}
 # NumPy types without a gpuvjp twin widen to the nearest one (as torch.tensor does for lists).
 _WIDEN = {np.dtype(np.int8): int32, np.dtype(np.int16): int32, np.dtype(np.uint8): int32,

@@ -23,12 +23,8 @@ from ..ops.unary import relu as _relu
 __all__ = ["relu", "gelu", "silu", "softplus", "sigmoid", "tanh", "softmax", "log_softmax",
            "linear", "mse_loss", "cross_entropy"]
 
-_TORCH_NAMES = {"float16": "Half", "float32": "Float", "float64": "Double", "int32": "Int",
-                "int64": "Long", "bool": "Bool"}
-
-
 def _name(dtype):
-    return _TORCH_NAMES[dtype.name]
+    return dtype.scalar_name
 
 
 def _need_float(x, kernel):

@@ -135,7 +135,7 @@ def where(condition, input, other):
         raise TypeError("where(): argument 'condition' must be a Tensor")
     if condition._dtype.name != "bool":
         raise RuntimeError(f"where expected condition to be a boolean tensor, but got a "
-                           f"tensor with dtype {condition._dtype.name.capitalize()}")
+                           f"tensor with dtype {condition._dtype.scalar_name}")
     dt = result_type(input, other)
     ref = input if hasattr(input, "_dev") else other
     if not hasattr(ref, "_dev"):

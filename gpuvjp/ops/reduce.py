@@ -11,7 +11,7 @@ from . import _kernels
 from . import shape as _shape
 from ..autograd._forward import deflinear
 from ._registry import FLOAT, KEEP, defop, defvjp, fused, shift_dims_rule
-from ._util import norm_dims
+from ._util import norm_dim, norm_dims
 from .binary import eq, logical_and, logical_or, maximum, minimum, ne, where
 from .unary import abs_, sign, zeros_like_
 
@@ -80,7 +80,7 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
     if not input._dtype.is_floating_point:
         raise RuntimeError(
             "mean(): could not infer output dtype. Input dtype must be either a floating point "
-            f"or complex dtype. Got: {input._dtype.name.capitalize()}")
+            f"or complex dtype. Got: {input._dtype.scalar_name}")
     dims = norm_dims(dim, input.ndim)
     if dim is not None and isinstance(dim, (list, tuple)) and len(dim) == 0:
         dims = tuple(range(input.ndim))
@@ -471,6 +471,8 @@ def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
     """Same as `torch.norm`: vector norms (p a number, or "fro" over at most two dims) and the
     nuclear norm (p="nuc", over two dims)."""
     if dtype is not None:
+        _check_norm_dtype(input, dtype, "linalg.matrix_norm" if p == "nuc" else
+                          "linalg.vector_norm")
         input = _shape.to_dtype(input, dtype)
     if isinstance(p, str):
         if p != "fro" or (isinstance(dim, (list, tuple)) and len(dim) > 2):
@@ -484,7 +486,7 @@ def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
     p = float(p)
     if not input._dtype.is_floating_point:
         raise RuntimeError("linalg.vector_norm: Expected a floating point or complex tensor as "
-                           f"input. Got {input._dtype.name.capitalize()}")
+                           f"input. Got {input._dtype.scalar_name}")
     dims = _reduce_dims(dim, input.ndim)
     if (p < 0 or math.isinf(p)) and input.numel() == 0:
         shown = ("inf" if p > 0 else "-inf") if math.isinf(p) else f"{p:g}"
@@ -498,6 +500,20 @@ def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
             raise RuntimeError(f"linalg.vector_norm cannot compute the {shown} norm on an empty "
                                "tensor because the operation does not have an identity")
     return norm_op(input, p=p, dim=dims, keepdim=bool(keepdim))
+
+
+def _check_norm_dtype(input, dtype, fn):
+    """PyTorch's checks of norm's `dtype`: floating point, and no narrower than the input."""
+    if not input._dtype.is_floating_point:
+        raise RuntimeError(f"{fn}: Expected a floating point or complex tensor as input. Got "
+                           f"{input._dtype.scalar_name}")
+    if not dtype.is_floating_point:
+        raise RuntimeError(f"{fn}: dtype should be floating point or complex, but got "
+                           f"{dtype.scalar_name}")
+    if dtype.itemsize < input._dtype.itemsize:
+        raise RuntimeError(f"{fn}: the dtype of the input ({input._dtype.scalar_name}) should be "
+                           f"convertible without narrowing to the specified dtype "
+                           f"({dtype.scalar_name})")
 
 
 # ----- the nuclear norm: norm(p="nuc") ------------------------------------------------------------
@@ -570,17 +586,15 @@ def _nuclear_norm(input, dim, keepdim):
     if len(dims) != 2:
         raise RuntimeError("linalg.matrix_norm: dim must be a 2-tuple. Got "
                            + " ".join(str(d) for d in dims))
-    d = norm_dims(dims, input.ndim)
-    if len(set(d)) != 2:
-        raise RuntimeError(f"linalg.matrix_norm: dims must be different. Got ({dims[0]}, "
-                           f"{dims[1]})")
+    d = tuple(norm_dim(k, input.ndim) for k in dims)
+    if d[0] == d[1]:
+        raise RuntimeError(f"linalg.matrix_norm: dims must be different. Got ({d[0]}, {d[1]})")
     if not input._dtype.is_floating_point:
         raise RuntimeError("linalg.matrix_norm: Expected a floating point or complex tensor as "
-                           f"input. Got {input._dtype.name.capitalize()}")
+                           f"input. Got {input._dtype.scalar_name}")
     if input._dtype.itemsize < 4:
         raise RuntimeError("linalg.matrix_norm: Low precision dtypes not supported. Got Half")
-    return nuc_op(input, dim=tuple(dims[i] % input.ndim for i in range(2)),
-                  keepdim=bool(keepdim))
+    return nuc_op(input, dim=d, keepdim=bool(keepdim))
 
 
 # ----- var, std --------------------------------------------------------------------------------

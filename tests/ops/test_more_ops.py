@@ -452,3 +452,33 @@ def test_erf_kernel_matches_twin(dtype, rng):
     want = gv.erf(gv.tensor(x)).numpy()
     tol = {"float16": 1e-3, "float32": 1e-6, "float64": 1e-14}[dtype]
     np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol)
+
+
+# PyTorch's exact words, where gpuvjp composes them itself
+MESSAGES = {
+    "norm_narrowing": lambda m, x: x.norm(dtype=m.float32),
+    "norm_int_dtype": lambda m, x: m.norm(x, p=1, dim=0, dtype=m.int64),
+    "norm_int_input": lambda m, x: x.long().norm(dtype=m.float64),
+    "norm_int_no_dtype": lambda m, x: x.int().norm(),
+    "norm_nuc_narrowing": lambda m, x: x.norm("nuc", dtype=m.float16),
+    "norm_nuc_1d": lambda m, x: x[0].norm("nuc"),
+    "norm_nuc_3d": lambda m, x: x.reshape(2, 3, 2).norm("nuc"),
+    "norm_nuc_int_dim": lambda m, x: x.norm("nuc", dim=1),
+    "norm_nuc_same_dims": lambda m, x: x.norm("nuc", dim=(0, -2)),
+    "norm_nuc_int": lambda m, x: x.long().norm("nuc"),
+    "norm_nuc_half": lambda m, x: x.half().norm("nuc"),
+    "mean_int": lambda m, x: x.long().mean(),
+    "where_int_condition": lambda m, x: m.where(x.long(), x, x),
+}
+
+
+@needs_torch
+@pytest.mark.parametrize("name", sorted(MESSAGES))
+def test_error_messages(name, device):
+    f = MESSAGES[name]
+    x = np.arange(12.0).reshape(3, 4)
+    with pytest.raises(Exception) as want:
+        f(torch, torch.tensor(x))
+    with pytest.raises(want.type) as got:
+        f(gv, gv.tensor(x, device=device))
+    assert str(got.value) == str(want.value)
