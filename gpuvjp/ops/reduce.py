@@ -470,14 +470,13 @@ defvjp(norm_op, norm_vjp)
 def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
     """Same as `torch.norm`: vector norms (p a number, or "fro" over at most two dims) and the
     nuclear norm (p="nuc", over two dims)."""
+    if p == "nuc":
+        return _nuclear_norm(input, dim, keepdim, dtype)
     if dtype is not None:
-        _check_norm_dtype(input, dtype, "linalg.matrix_norm" if p == "nuc" else
-                          "linalg.vector_norm")
+        _check_norm_dtype(input, dtype, "linalg.vector_norm")
         input = _shape.to_dtype(input, dtype)
     if isinstance(p, str):
         if p != "fro" or (isinstance(dim, (list, tuple)) and len(dim) > 2):
-            if p == "nuc":
-                return _nuclear_norm(input, dim, keepdim)
             if p == "fro":
                 raise RuntimeError("linalg.matrix_norm: dim must be a 2-tuple. Got "
                                    + " ".join(str(d) for d in dim))
@@ -572,28 +571,33 @@ polar_bwd_op = defop("nuclear_norm_grad_vjp", _polar_bwd_impl, promote=KEEP, sav
 defvjp(nuc_op, lambda g, ans, x, dim, keepdim: keep(g, dim, keepdim, x.shape) * polar_op(
     x, dim=dim))
 defvjp(polar_op, lambda g, ans, x, dim: polar_bwd_op(g, x, dim=dim))
-defvjp(polar_bwd_op, _no_third_derivative, _no_third_derivative)
+# polar_bwd is linear in g with a symmetric matrix (a Hessian), so its vjp in g is itself (hvp
+# and forward mode need no more); its derivative in x would be a third derivative
+defvjp(polar_bwd_op, lambda gg, _, g, x, dim: polar_bwd_op(gg, x, dim=dim), _no_third_derivative)
 
 
-def _nuclear_norm(input, dim, keepdim):
-    """PyTorch's checks of linalg.matrix_norm(ord="nuc"), then the op."""
+def _nuclear_norm(input, dim, keepdim, dtype):
+    """PyTorch's checks of linalg.matrix_norm(ord="nuc"), in its order, then the op."""
+    fn = "linalg.matrix_norm"
     if input.ndim < 2:
-        raise RuntimeError("linalg.matrix_norm: The input tensor A must have at least 2 "
-                           "dimensions.")
+        raise RuntimeError(f"{fn}: The input tensor A must have at least 2 dimensions.")
+    if not input._dtype.is_floating_point:
+        raise RuntimeError(f"{fn}: Expected a floating point or complex tensor as input. Got "
+                           f"{input._dtype.scalar_name}")
+    if input._dtype.itemsize < 4:
+        raise RuntimeError(f"{fn}: Low precision dtypes not supported. Got "
+                           f"{input._dtype.scalar_name}")
     if dim is None:
         dim = tuple(range(input.ndim))
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
     if len(dims) != 2:
-        raise RuntimeError("linalg.matrix_norm: dim must be a 2-tuple. Got "
-                           + " ".join(str(d) for d in dims))
+        raise RuntimeError(f"{fn}: dim must be a 2-tuple. Got " + " ".join(str(d) for d in dims))
     d = tuple(norm_dim(k, input.ndim) for k in dims)
     if d[0] == d[1]:
-        raise RuntimeError(f"linalg.matrix_norm: dims must be different. Got ({d[0]}, {d[1]})")
-    if not input._dtype.is_floating_point:
-        raise RuntimeError("linalg.matrix_norm: Expected a floating point or complex tensor as "
-                           f"input. Got {input._dtype.scalar_name}")
-    if input._dtype.itemsize < 4:
-        raise RuntimeError("linalg.matrix_norm: Low precision dtypes not supported. Got Half")
+        raise RuntimeError(f"{fn}: dims must be different. Got ({d[0]}, {d[1]})")
+    if dtype is not None:
+        _check_norm_dtype(input, dtype, fn)
+        input = _shape.to_dtype(input, dtype)
     return nuc_op(input, dim=d, keepdim=bool(keepdim))
 
 

@@ -424,6 +424,23 @@ ERRORS = {
 }
 
 
+@needs_torch
+@pytest.mark.parametrize("shape", [(3, 3), (4, 2), (2, 4)])
+def test_nuclear_norm_hvp_and_forward_hessian(shape, device, rng):
+    """Second derivatives by every route: vhp, hvp (double backward through the polar factor's
+    vjp) and the forward-over-reverse hessian."""
+    x, v = rng.standard_normal(shape), rng.standard_normal(shape)
+    f = {m: (lambda a, m=m: m.norm(a * 1.0, p="nuc")) for m in (gv, torch)}
+    xs, vs = gv.tensor(x, device=device), gv.tensor(v, device=device)
+    tf = torch.autograd.functional
+    for got, want in [
+            (gv.hvp(f[gv], xs, vs)[1], tf.hvp(f[torch], torch.tensor(x), torch.tensor(v))[1]),
+            (gv.vhp(f[gv], xs, vs)[1], tf.vhp(f[torch], torch.tensor(x), torch.tensor(v))[1]),
+            (gv.hessian(f[gv], xs, vectorize=True, outer_jacobian_strategy="forward-mode"),
+             tf.hessian(f[torch], torch.tensor(x)))]:
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-12)
+
+
 def test_nuclear_norm_third_derivative_raises(rng):
     """Orders 1 and 2 of norm(p="nuc") are exact (checked above); order 3 says it is missing."""
     x = gv.tensor(rng.standard_normal((3, 2)), requires_grad=True)
@@ -467,6 +484,11 @@ MESSAGES = {
     "norm_nuc_same_dims": lambda m, x: x.norm("nuc", dim=(0, -2)),
     "norm_nuc_int": lambda m, x: x.long().norm("nuc"),
     "norm_nuc_half": lambda m, x: x.half().norm("nuc"),
+    "norm_nuc_half_dtype": lambda m, x: x.half().norm("nuc", dtype=m.float32),
+    "norm_nuc_half_int_dim": lambda m, x: x.half().norm("nuc", dim=1),
+    "norm_nuc_int_dtype": lambda m, x: x.norm("nuc", dtype=m.int64),
+    "norm_nuc_long_dtype": lambda m, x: x.long().norm("nuc", dtype=m.float32),
+    "norm_nuc_dims_before_dtype": lambda m, x: x.norm("nuc", dim=(0, 0), dtype=m.float16),
     "mean_int": lambda m, x: x.long().mean(),
     "where_int_condition": lambda m, x: m.where(x.long(), x, x),
 }
