@@ -370,10 +370,13 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     target = _class_target(input, target, weight, ignore_index)
     valid = ne(target, ignore_index)
     safe = where(valid, target, 0)                 # ignored targets may be out of range
-    if label_smoothing > 0:
+    if input.shape[cd] == 0:                       # no classes: every target is ignored
+        nll = sum_(input, cd)
+    elif label_smoothing > 0:
         nll = -squeeze(gather(logp, cd, unsqueeze(safe, cd)), cd)
     else:                                          # one reduction pass, one launch backward
-        nll = squeeze(cross_entropy_nll_(input, unsqueeze(safe, cd), dim=cd), cd)
+        st = softmax_stats_(input, dim=cd)
+        nll = squeeze(cross_entropy_nll_(input, st, unsqueeze(safe, cd), dim=cd), cd)
     w = None
     if weight is not None:
         w = reshape(index_select(weight, 0, reshape(safe, -1)), safe.shape)
@@ -390,16 +393,16 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         wb = None if weight is None else reshape(weight, _class_shape(logp.ndim, cd, n_classes))
         smooth = -sum_(logp if wb is None else logp * wb, cd)
         smooth = _reduce_by(where(valid, smooth, 0.0), reduction, total)
-        return (1 - label_smoothing) * loss + smooth * (label_smoothing / n_classes)
+        share = label_smoothing / n_classes if n_classes else float("nan")   # 0/0, as PyTorch
+        return (1 - label_smoothing) * loss + smooth * share
 
 
 # nll per position of class-index cross_entropy, without writing log_softmax: the row's (max, sum)
-# in one reduction pass and the target's logit. The backward recomputes the (max, sum) pass
-# rather than keep an N x C array, then writes g (softmax(x) - onehot(t)) in one launch.
-def _ce_nll_impl(xp, x, t, dim):
-    m, s = softmax_stats(xp, x, dim, keepdims=True, float_out=True)
+# from one reduction pass (softmax_stats_, two numbers a row, kept for the backward) and the
+# target's logit. The backward writes g (softmax(x) - onehot(t)) in one launch over the logits.
+def _ce_nll_impl(xp, x, st, t, dim):
     xt = xp.take_along_axis(x, t, axis=dim)
-    return ce_fwd.twin(xt, m, s) if xp is np else ce_fwd.gpu(xp, xt, m, s)
+    return ce_fwd.twin(xt, st[0], st[1]) if xp is np else ce_fwd.gpu(xp, xt, st[0], st[1])
 
 
 def _ce_bwd_twin(g, x, m, s, t, k):
@@ -411,31 +414,31 @@ ce_fwd = fused("ce_fwd", "nn", "T xt, F m, F s", "T y",
                promote=KEEP, differentiable=False)
 ce_bwd = fused("ce_bwd", "nn", "T g, T x, F m, F s, int64 t, int64 k", "T gx", twin=_ce_bwd_twin,
                promote=KEEP, saves_ans=False)
-# (max, sum(exp(x - max))) of each row stacked in one array: constants for the backward
+# (max, sum(exp(x - max))) of each row stacked in one array: constants of x
 softmax_stats_ = defop("softmax_stats", lambda xp, x, dim: xp.stack(
     softmax_stats(xp, x, dim, keepdims=True, float_out=True)), promote=KEEP,
     differentiable=False)
 cross_entropy_nll_ = defop("cross_entropy_nll", _ce_nll_impl, promote=KEEP, saves_ans=False)
 
 
-def cross_entropy_nll_vjp(g, ans, x, t, dim):
-    st = softmax_stats_(x, dim=dim)
+def cross_entropy_nll_vjp(g, ans, x, st, t, dim):
     n = x.shape[dim]
     k = reshape(arange(n, dtype=_dtype.int64, device=x.device), (n,) + (1,) * (x.ndim - dim - 1))
     return ce_bwd(g, x, st[0], st[1], t, k)
 
 
-defvjp(cross_entropy_nll_, cross_entropy_nll_vjp, None)
+# st is a function of x: the rule for x is the whole derivative
+defvjp(cross_entropy_nll_, cross_entropy_nll_vjp, None, None)
 
 
-def _ce_bwd_x(gg, _, g, x, m, s, t, k):
+def ce_bwd_vjp_x(gg, _, g, x, m, s, t, k):
     # gx = g (p - onehot) with p = softmax(x) over the class dim, which k's rank gives
     dim = x.ndim - k.ndim
     p = softmax_(x, dim=dim)
     return g * softmax_bwd(gg, p, sum_(gg * p, dim, keepdim=True))
 
 
-defvjp(ce_bwd, lambda gg, _, g, x, m, s, t, k: ce_bwd(gg, x, m, s, t, k), _ce_bwd_x,
+defvjp(ce_bwd, lambda gg, _, g, x, m, s, t, k: ce_bwd(gg, x, m, s, t, k), ce_bwd_vjp_x,
        None, None, None, None)
 
 

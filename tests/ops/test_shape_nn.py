@@ -446,3 +446,22 @@ def test_top_level_softmax_needs_an_int_dim(call):
         call(gv, gv.zeros(2, 3))
     if "must be int" in str(want.value):
         assert str(got.value) == str(want.value)
+
+
+@needs_torch
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_without_classes(reduction, label_smoothing, device):
+    """(N, 0) logits with every target ignored: PyTorch's nan (mean, smoothing) and zeros."""
+    def f(m, dev=None):
+        t = m.tensor([0, 0], device=dev) if dev else m.tensor([0, 0])
+        return lambda a: F(m).cross_entropy(a, t, ignore_index=0, reduction=reduction,
+                                            label_smoothing=label_smoothing)
+    vshape = (2,) if reduction == "none" else ()
+    got = gv.vjp(f(gv, device), gv.zeros(2, 0, dtype=gv.float64, device=device),
+                 gv.ones(*vshape, dtype=gv.float64, device=device))
+    want = torch.autograd.functional.vjp(f(torch), torch.zeros(2, 0, dtype=torch.float64),
+                                         torch.ones(vshape, dtype=torch.float64))
+    for g, w in zip(got, want):
+        assert g.shape == tuple(w.shape)
+        np.testing.assert_array_equal(g.numpy(), w.numpy())
