@@ -53,8 +53,8 @@ template <typename T> __device__ T softmax_bwd(T g, T ans, T s) { return ans * (
 // log_softmax: gx = g - exp(y) s, s = sum(g) over the softmax dim
 template <typename T> __device__ T log_softmax_bwd(T g, T ans, T s) { return g - exp(ans) * s; }
 
-// cross_entropy, class-index targets: nll = log(s) - (x_t - m) = -log_softmax(x)_t, from the row's
-// max m and s = sum(exp(x - m))
+// cross_entropy, class-index targets: nll = log(s) - (x_t - m), which is -log_softmax(x) at the
+// target, from the row's max m and s = sum(exp(x - m))
 template <typename T> __device__ T ce_fwd(T xt, T m, T s) { return log(s) - (xt - m); }
 // and its gradient in one launch over the logits: gx = g (softmax(x) - [k == t]) at class k
 template <typename T> __device__ T ce_bwd(T g, T x, T m, T s, long long t, long long k) {

@@ -1,16 +1,5 @@
-// gpuvjp kernels: reductions' backward passes (same names and order as gpuvjp/ops/reduce.py).
-namespace gv {
-
-// logsumexp: y = log(sum(exp(x))), gx = g exp(x - y)
-template <typename T> __device__ T logsumexp_bwd(T g, T x, T ans) { return g * exp(x - ans); }
-
-// var: v = sum((x - mu)^2) / (N - correction), gx = g scale (x - mu), scale = 2 / (N - c)
-template <typename T> __device__ T var_bwd(T g, T x, T mu, T scale) {
-  return g * scale * (x - mu);
-}
-
-}  // namespace gv
-
+// gpuvjp kernels: reductions, forward (one-pass row states) and backward (same names and
+// order as gpuvjp/ops/reduce.py).
 namespace gv {
 
 // logsumexp in one pass over x. The state (m, s) stands for s exp(m), with m the largest x seen,
@@ -42,6 +31,14 @@ template <typename T> __device__ T lse_value(MaxSum<T> a) { return a.m + log(a.s
 template <typename T> __device__ T lse_max(MaxSum<T> a) { return a.m + (a.s - a.s); }
 template <typename T> __device__ T lse_sum(MaxSum<T> a) {
   return a.s == T(0) ? a.s : (a.m - a.m == T(0) ? a.s : a.m - a.m);
+}
+
+// logsumexp: y = log(sum(exp(x))), gx = g exp(x - y)
+template <typename T> __device__ T logsumexp_bwd(T g, T x, T ans) { return g * exp(x - ans); }
+
+// var: v = sum((x - mu)^2) / (N - correction), gx = g scale (x - mu), scale = 2 / (N - c)
+template <typename T> __device__ T var_bwd(T g, T x, T mu, T scale) {
+  return g * scale * (x - mu);
 }
 
 }  // namespace gv

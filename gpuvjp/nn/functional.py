@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 
 import numpy as np
@@ -214,9 +215,18 @@ def _softmax_impl(xp, x, dim, log):
     return out.reshape(x.shape)
 
 
+def _softmax_batch_rule(xp, impl, args, arrays, flags, params):
+    """A batched input carries its batch dim first: shift `dim` past it (a batched 0-d input is
+    a column of one-element rows)."""
+    if args[0].ndim == 0:
+        a = arrays[0]
+        return xp.asarray(impl(xp, a.reshape(a.shape + (1,)), dim=1)).reshape(a.shape)
+    return shift_dims_rule(xp, impl, args, arrays, flags, params)
+
+
 softmax_ = defop("softmax", lambda xp, x, dim: _softmax_impl(xp, x, dim, False), promote=KEEP,
                  saves_inputs=False)
-softmax_.batch_rule = shift_dims_rule
+softmax_.batch_rule = _softmax_batch_rule
 softmax_bwd = fused("softmax_bwd", "nn", "T g, T ans, T s", "T gx",
                     twin=lambda g, ans, s: ans * (g - s))
 defvjp(softmax_, lambda g, ans, x, dim: softmax_bwd(g, ans, sum_(g * ans, dim, keepdim=True)))
@@ -226,7 +236,7 @@ defvjp(softmax_bwd, lambda gg, _, g, ans, s: gg * ans,
 
 log_softmax_ = defop("log_softmax", lambda xp, x, dim: _softmax_impl(xp, x, dim, True),
                      promote=KEEP, saves_inputs=False)
-log_softmax_.batch_rule = shift_dims_rule
+log_softmax_.batch_rule = _softmax_batch_rule
 log_softmax_bwd = fused("log_softmax_bwd", "nn", "T g, T ans, T s", "T gx",
                         twin=lambda g, ans, s: g - np.exp(ans) * s)
 defvjp(log_softmax_, lambda g, ans, x, dim: log_softmax_bwd(g, ans, sum_(g, dim, keepdim=True)))
@@ -267,10 +277,11 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
 # torch.softmax / torch.log_softmax and the Tensor methods: `dim` is required there
 def _dim_required(name, position):
     def fn(input, dim, dtype=None):
-        if type(dim) is not int:
+        if isinstance(dim, bool) or not hasattr(dim, "__index__"):
             raise TypeError(f"{name}(): argument 'dim' (position {position}) must be int, not "
                             f"{type(dim).__name__}")
-        return (softmax if name == "softmax" else log_softmax)(input, dim, dtype=dtype)
+        return (softmax if name == "softmax" else log_softmax)(input, operator.index(dim),
+                                                               dtype=dtype)
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = f"Same as `torch.{name}` (`dim` required)."
     return fn

@@ -142,7 +142,8 @@ class Reduction:
         if len(self.values) == 1:
             return _launch(kernel, self.family, self.name, a, axis=axis, keepdims=keepdims)
         # CuPy returns only the first output of a reduction: pass all of them in
-        axes = {operator.index(d) % a.ndim for d in (axis if isinstance(axis, tuple) else (axis,))}
+        axes = {operator.index(d) % a.ndim
+                for d in (axis if isinstance(axis, tuple) else (axis,))}
         shape = tuple(1 if d in axes else n for d, n in enumerate(a.shape)
                       if keepdims or d not in axes)
         outs = tuple(xp.empty(shape, np.float32 if half and float_out else a.dtype)
@@ -173,7 +174,7 @@ def reduction_kernel(name, half, float_out):
                                 **red.exprs(ctype, "float" if float_out else "T"))
 
 
-# ----- scatters: one atomicAdd per gradient element -------------------------------------------------
+# ----- scatters: one atomicAdd per gradient element -------------------------------------------
 SCATTERS: dict[str, tuple] = {}
 
 

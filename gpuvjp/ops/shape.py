@@ -288,7 +288,7 @@ getitem_ = defop("getitem", lambda xp, x, index: x[index], promote=KEEP, saves_a
 index_backward_ = defop("index_backward",
                         lambda xp, g, index, shape: _scatter_back(xp, g, index, shape),
                         promote=KEEP, saves_ans=False, saves_inputs=False)
-index_backward_.gpu = lambda xp, g, index, shape: _index_backward_gpu(xp, g, index, shape)
+index_backward_.gpu = _index_backward_gpu
 defvjp(getitem_, lambda g, ans, x, index: index_backward_(g, index=index, shape=x.shape))
 defvjp(index_backward_, lambda gg, ans, g, index, shape: getitem_(gg, index=index))
 deflinear(getitem_, index_backward_)

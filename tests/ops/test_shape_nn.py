@@ -438,7 +438,8 @@ def test_top_level_and_method_softmax(call, device, rng):
 
 @needs_torch
 @pytest.mark.parametrize("call", [lambda m, x: m.softmax(x), lambda m, x: m.softmax(x, None),
-                                  lambda m, x: x.log_softmax(), lambda m, x: x.softmax(1.0)])
+                                  lambda m, x: x.log_softmax(), lambda m, x: x.softmax(1.0),
+                                  lambda m, x: m.softmax(x, True)])
 def test_top_level_softmax_needs_an_int_dim(call):
     with pytest.raises(TypeError) as want:
         call(torch, torch.zeros(2, 3))
@@ -465,3 +466,23 @@ def test_cross_entropy_without_classes(reduction, label_smoothing, device):
     for g, w in zip(got, want):
         assert g.shape == tuple(w.shape)
         np.testing.assert_array_equal(g.numpy(), w.numpy())
+
+
+@needs_torch
+@pytest.mark.parametrize("dim", [np.int64(1), np.int32(-2), "tensor"])
+def test_top_level_softmax_takes_integer_like_dims(dim):
+    x = np.arange(6.0).reshape(2, 3)
+    dg, dt = (gv.tensor(1), torch.tensor(1)) if isinstance(dim, str) else (dim, dim)
+    got = (gv.softmax(gv.tensor(x), dg), gv.tensor(x).log_softmax(dg))
+    want = (torch.softmax(torch.tensor(x), dt), torch.tensor(x).log_softmax(dt))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
+def test_softmax_of_batched_0d_inputs(fn):
+    """A batch of 0-d inputs (the hidden batch dim of vectorized jacobians) is a batch of
+    one-element softmaxes: 1 and 0."""
+    from gpuvjp.ops.batching import rebatch, unbatch
+    out = unbatch(getattr(F(gv), fn)(rebatch(gv.tensor([1.0, -2.0, 30.0])), 0))
+    np.testing.assert_array_equal(out.numpy(), [1.0] * 3 if fn == "softmax" else [0.0] * 3)
