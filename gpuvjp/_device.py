@@ -81,8 +81,32 @@ def parse_device(spec) -> device:
 
 
 # ----- CuPy, imported lazily ----------------------------------------------------------
+def _emulate_setting(value):
+    value = (value or "").strip()
+    if value in ("", "0"):
+        return 0
+    if not value.isdigit():
+        raise RuntimeError(f"GPUVJP_EMULATE_CUDA must be a number of emulated devices (0, 1 or "
+                           f"2, ...), got {value!r}")
+    return int(value)
+
+
+# GPUVJP_EMULATE_CUDA=N (read once, at import): `cuda` runs on gpuvjp.testing's emulated CuPy
+# with N devices. Every CuPy import of gpuvjp goes through _cupy(), so the switch holds for all.
+_EMULATED = _emulate_setting(os.environ.get("GPUVJP_EMULATE_CUDA"))
+
+
+def emulated_device_count() -> int:
+    """Devices of the emulated CuPy (GPUVJP_EMULATE_CUDA), 0 when the real CuPy is used."""
+    return _EMULATED
+
+
 @functools.cache
 def _cupy():
+    if _EMULATED:
+        from .testing import _fake_cupy
+        _fake_cupy.set_device_count(_EMULATED)
+        return _fake_cupy
     try:
         import cupy
     except Exception:  # ImportError, or a broken CUDA install
@@ -103,6 +127,15 @@ def cuda_device_count() -> int:
 
 def cuda_available() -> bool:
     return cuda_device_count() > 0
+
+
+def cupy_library():
+    """CuPy (or the emulated CuPy), whether or not a GPU is present: building kernel objects
+    needs no GPU (NVRTC compiles without one)."""
+    cp = _cupy()
+    if cp is None:
+        raise RuntimeError("device 'cuda' needs CuPy: pip install 'gpuvjp[cuda]'")
+    return cp
 
 
 def cupy_module():

@@ -24,7 +24,8 @@ class Pending:
 
     def materialize(self):
         if self.value is None:
-            import cupy
+            from . import _device
+            cupy = _device.cupy_module()
             with cupy.cuda.Device(self.src.device.id):
                 self.value = self.op.gpu(cupy, self.src)
             self.src = None

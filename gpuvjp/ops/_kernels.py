@@ -9,8 +9,11 @@ import pathlib
 
 import numpy as np
 
+from .. import _device
+
 __all__ = ["source", "elementwise_caller", "map_sum", "Reduction", "defreduction", "REDUCTIONS",
-           "defscatter", "SCATTERS", "KernelSourceError", "kernel_dir"]
+           "defscatter", "SCATTERS", "KernelSourceError", "kernel_dir", "TWINS",
+           "register_twin"]
 
 
 class KernelSourceError(RuntimeError):
@@ -35,6 +38,38 @@ def source(family: str) -> str:
     return _read("common.cuh") + "\n" + _read(f"{family}.cuh")
 
 
+# ----- NumPy twins by kernel name ------------------------------------------------------------
+# The emulated CuPy (gpuvjp.testing, GPUVJP_EMULATE_CUDA) computes every kernel through the twin
+# registered under the kernel's CuPy name. ElementwiseKernel: fn(*args), the arguments in order
+# (non-raw inputs broadcast), returning the non-raw output(s); raw outputs are mutated in place.
+# ReductionKernel: fn(*inputs, axis=, keepdims=) returning the output(s). RawKernel:
+# fn(grid, block, args, shared_mem=0) mutating its arrays.
+TWINS: dict[str, object] = {}
+
+
+def register_twin(name, fn):
+    """Record the NumPy twin of kernel `name`: the emulated CuPy (gpuvjp.testing) computes it."""
+    TWINS[name] = fn
+
+
+def in_float(twin):
+    """`twin` as a float16 kernel runs it: float16 operands computed in float32 (the caller
+    rounds once, into the output)."""
+    def fn(*args):
+        if any(getattr(a, "dtype", None) == np.float16 for a in args):
+            args = [a.astype(np.float32) if getattr(a, "dtype", None) == np.float16 else a
+                    for a in args]
+        return twin(*args)
+    return fn
+
+
+def _register_elementwise(fn, in_params, twin):
+    register_twin(f"gv_{fn}", in_float(twin))
+    if len(in_params.split(",")) == 1:           # map_sum's kernel, sum(gv::fn(src))
+        register_twin(f"gv_{fn}_sum", lambda src, axis, keepdims: np.sum(
+            in_float(twin)(src), axis=axis, keepdims=keepdims))
+
+
 def _names(params: str) -> list[str]:
     return [p.split()[-1] for p in params.split(",")]
 
@@ -50,7 +85,7 @@ def call_expr(fn: str, in_params: str, ctype: str) -> str:
 @functools.cache
 def elementwise(family, fn, in_params, out_params, half):
     """The ElementwiseKernel `gv_<fn>`, built on first GPU use (float16 computes in float)."""
-    import cupy
+    cupy = _device.cupy_library()
 
     out = _names(out_params)[0]
     ctype = "float" if half else "T"
@@ -59,7 +94,10 @@ def elementwise(family, fn, in_params, out_params, half):
                                   preamble=source(family))
 
 
-def elementwise_caller(family, fn, in_params, out_params):
+def elementwise_caller(family, fn, in_params, out_params, twin=None):
+    if twin is not None:
+        _register_elementwise(fn, in_params, twin)
+
     def call(xp, *arrays):
         ref = next(a for a in arrays if hasattr(a, "dtype"))
         half = ref.dtype == "float16"
@@ -75,7 +113,7 @@ def elementwise_caller(family, fn, in_params, out_params):
 def sum_of(family, fn, half):
     """ReductionKernel `gv_<fn>_sum`: sum(gv::fn(x)) in one pass, accumulated in float for
     float16 and in T otherwise."""
-    import cupy
+    cupy = _device.cupy_library()
 
     # CuPy substitutes parameter names inside the expressions as plain substrings, so the
     # names must not occur in `gv::<fn>`: "x" would hit "exp".
@@ -156,6 +194,7 @@ def defreduction(name, family, *, state, one, merge, values, empty, twin):
     """Declare a Reduction; tests/ops/test_kernels.py checks every one declared."""
     red = Reduction(name, family, state, one, merge, values, empty, twin)
     REDUCTIONS[name] = red
+    register_twin(f"gv_{name}", lambda src, axis, keepdims: twin(src, axis, keepdims))
     return red
 
 
@@ -164,7 +203,7 @@ def reduction_kernel(name, half, float_out):
     """The ReductionKernel `gv_<name>`, built on first GPU use. Its parameters are named "src"
     and "dst": CuPy's CUB path renames them inside the expressions by plain substring
     replacement, so no gv:: name may contain them."""
-    import cupy
+    cupy = _device.cupy_library()
 
     red = REDUCTIONS[name]
     ctype = "float" if half else "T"
@@ -192,7 +231,7 @@ def defscatter(name, family, in_params, body):
 
 @functools.cache
 def scatter_kernel(name):
-    import cupy
+    cupy = _device.cupy_library()
 
     family, in_params, body = SCATTERS[name]
     return cupy.ElementwiseKernel(in_params, "raw T out", body, f"gv_{name}",

@@ -107,7 +107,7 @@ def fused(name, family, in_params, out_params, twin, public=None, **kw):
     op.family = family
     op.kernel = (in_params, out_params)
     op.kernel_fn = name
-    op.gpu = _kernels.elementwise_caller(family, name, in_params, out_params)
+    op.gpu = _kernels.elementwise_caller(family, name, in_params, out_params, twin)
     return op
 
 

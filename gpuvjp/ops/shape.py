@@ -613,9 +613,27 @@ def _index_add(xp, g, index, dim, shape):
 
 # On the GPU each backward is one launch over the gradient: an atomicAdd per element at the slot
 # gv::gather_slot computes (kernels/shape.cuh); the CPU's np.add.at is the twin.
+# The dim's length is passed as `span`: CuPy reserves the parameter names i, n and _*.
 _index_add_kernel = _kernels.defscatter(
-    "index_select_bwd", "shape", "T g, raw int64 idx, int64 n, int64 inner, int64 d",
-    "atomicAdd(&out[gv::gather_slot(i, idx[gv::select_pos(i, n, inner)], n, inner, d)], g)")
+    "index_select_bwd", "shape", "T g, raw int64 idx, int64 span, int64 inner, int64 d",
+    "atomicAdd(&out[gv::gather_slot(i, idx[gv::select_pos(i, span, inner)], span, inner, d)], g)")
+
+
+def _gather_slots(size, idx, n, inner, d):
+    """gv::gather_slot for every element i < size (kernels/shape.cuh)."""
+    i = np.arange(size, dtype=np.int64)
+    return ((i // (n * inner)) * d + idx) * inner + i % inner
+
+
+def _scatter_twin(out, slots, g):
+    """atomicAdd of each element of g into the raw (flat-indexed, possibly strided) out."""
+    np.add.at(out, np.unravel_index(slots, out.shape), g.reshape(-1))
+
+
+# the NumPy twins the emulated CuPy runs: (g, idx, n, inner, d, out), out mutated
+_kernels.register_twin("gv_index_select_bwd", lambda g, idx, n, inner, d, out: _scatter_twin(
+    out, _gather_slots(g.size, idx.reshape(-1)[(np.arange(g.size) // inner) % n], n, inner, d),
+    g))
 
 
 def _index_add_gpu(xp, g, index, dim, shape):
@@ -671,8 +689,10 @@ def _gather_back(xp, g, index, dim, shape):
 
 
 _gather_back_kernel = _kernels.defscatter(
-    "gather_bwd", "shape", "T g, int64 idx, int64 n, int64 inner, int64 d",
-    "atomicAdd(&out[gv::gather_slot(i, idx, n, inner, d)], g)")
+    "gather_bwd", "shape", "T g, int64 idx, int64 span, int64 inner, int64 d",
+    "atomicAdd(&out[gv::gather_slot(i, idx, span, inner, d)], g)")
+_kernels.register_twin("gv_gather_bwd", lambda g, idx, n, inner, d, out: _scatter_twin(
+    out, _gather_slots(g.size, idx.reshape(-1), n, inner, d), g))
 
 
 def _gather_back_gpu(xp, g, index, dim, shape):

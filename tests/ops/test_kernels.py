@@ -345,6 +345,7 @@ GPU_CASES = list(_gpu_cases())
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu_hardware
 @pytest.mark.parametrize("key,dtype,shapes", GPU_CASES)
 def test_kernel_on_cuda_matches_twin(key, dtype, shapes, rng):
     op = FUSED[key]
@@ -378,6 +379,7 @@ def fresh_kernels():
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu_hardware
 @pytest.mark.parametrize("family", FAMILIES)
 def test_broken_kernel_file_raises_kernel_source_error(family, monkeypatch, fresh_kernels, rng):
     key = _first_of(family)
@@ -567,6 +569,7 @@ def reduction_path(request):
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu_hardware
 @pytest.mark.parametrize("keepdims", [False, True])
 @pytest.mark.parametrize("shape,axis", [pytest.param(s, a, id=f"{s}-axis{a}")
                                         for s, a in RED_SHAPES])

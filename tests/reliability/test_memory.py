@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import gpuvjp as gv
+from gpuvjp import _device
 from gpuvjp.autograd._graph import Node
 
 from ._common import LONG, functional
@@ -159,8 +160,7 @@ def test_rss_does_not_grow():
 
 # ----- GPU: CuPy's memory pool ------------------------------------------------------------------
 def _pool():
-    import cupy
-    return cupy.get_default_memory_pool()
+    return _device.cupy_module().get_default_memory_pool()
 
 
 def _rounded(nbytes):
@@ -169,7 +169,7 @@ def _rounded(nbytes):
 
 @pytest.mark.gpu
 def test_pool_back_to_baseline_after_each_call():
-    import cupy
+    cupy = _device.cupy_module()
     n = 256
     x = gv.tensor(np.random.default_rng(3).uniform(0, 1, (n, n)), dtype=gv.float32,
                   device="cuda")
@@ -209,7 +209,7 @@ def test_pool_back_to_baseline_family(workload):
 @pytest.mark.parametrize("n", [1024, 4096])
 def test_exp_reducer_peak_under_three_buffers(n):
     """The seed exp_reducer: during one vjp at most 3 NxN float32 buffers above the input."""
-    import cupy
+    cupy = _device.cupy_module()
 
     class Peak(cupy.cuda.MemoryHook):
         name = "gpuvjp_reliability_peak"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import gpuvjp as gv
+from gpuvjp import _device
 
 from ._common import LONG, functional, host
 
@@ -199,7 +200,7 @@ def test_threads_family(name):
 
 @pytest.mark.gpu
 def test_eight_threads_one_cuda_stream_each():
-    import cupy
+    cupy = _device.cupy_module()
 
     reference = {name: _program_vjp(name, "cpu") for name in PROGRAMS}
     for name in PROGRAMS:                                   # compile the kernels first
