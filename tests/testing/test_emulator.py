@@ -278,3 +278,16 @@ def test_the_switch_runs_cuda_on_the_emulator_and_is_off_by_default():
     assert off.returncode == 0 and off.stdout.split() == ["False"], off.stderr
     bad = _python("import gpuvjp", GPUVJP_EMULATE_CUDA="yes")
     assert bad.returncode != 0 and "GPUVJP_EMULATE_CUDA" in bad.stderr
+
+
+def test_every_cupy_import_goes_through_the_device_module():
+    """The switch holds everywhere only if gpuvjp imports CuPy in one place."""
+    import pathlib
+    import re
+
+    import gpuvjp
+    root = pathlib.Path(gpuvjp.__file__).parent
+    found = [f"{p.relative_to(root)}:{n}" for p in sorted(root.rglob("*.py"))
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if re.match(r"\s*(import cupy\b|from cupy\b)", line)]
+    assert found and all(f.startswith("_device.py:") for f in found), found
