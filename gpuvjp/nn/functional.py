@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from .. import _dtype
+from .. import _device, _dtype
 from .._tensor import Tensor
 from .._creation import arange
 from ..ops import matmul, sigmoid, tanh
@@ -496,9 +496,10 @@ def _class_target(logp, target, weight, ignore_index):
             raise RuntimeError(f"expected scalar type {_name(logp._dtype)} but found "
                                f"{_name(weight._dtype)}")
     t = target._array()
-    bad = ((t != ignore_index) & ((t < 0) | (t >= n_classes))).reshape(-1)
-    if t.size and bool(bad.any()):                 # one sync on the GPU
-        raise IndexError(f"Target {int(t.reshape(-1)[int(bad.argmax())])} is out of bounds.")
+    with _device.use(target._dev):                 # the check runs where the target lives
+        bad = ((t != ignore_index) & ((t < 0) | (t >= n_classes))).reshape(-1)
+        if t.size and bool(bad.any()):             # one sync on the GPU
+            raise IndexError(f"Target {int(t.reshape(-1)[int(bad.argmax())])} is out of bounds.")
     return reshape(target, ()) if nd == 1 else target
 
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from .. import _device
 from .._lazy import Pending
 from . import _kernels
 from . import shape as _shape
@@ -128,7 +129,8 @@ def _numel(shape, dims):
 
 def _any_zero(x):
     """True when some element of x is 0 (one host sync, as PyTorch's prod backward)."""
-    return bool((x._array() == 0).any())
+    with _device.use(x._dev):
+        return bool((x._array() == 0).any())
 
 
 # ----- prod ------------------------------------------------------------------------------------

@@ -301,6 +301,11 @@ def getitem(input, key):
 
 
 def _norm_index(x, key):
+    with _device.use(x._dev):           # index arrays are made, and bounds checked, on x's device
+        return _norm_index_here(x, key)
+
+
+def _norm_index_here(x, key):
     if not isinstance(key, tuple):
         key = (key,)
     xp = _device.array_module(x._dev)
@@ -601,10 +606,11 @@ def _first_outside(a, lo, hi):
     """The first entry of index array `a` outside [lo, hi), or None (one sync on the GPU)."""
     if not a.size:
         return None
-    bad = ((a < lo) | (a >= hi)).reshape(-1)
-    if not bool(bad.any()):
-        return None
-    return int(a.reshape(-1)[int(bad.argmax())])
+    with _device.use(_device.device_of_array(a)):     # the check runs where `a` lives
+        bad = ((a < lo) | (a >= hi)).reshape(-1)
+        if not bool(bad.any()):
+            return None
+        return int(a.reshape(-1)[int(bad.argmax())])
 
 
 def _index_add(xp, g, index, dim, shape):

@@ -330,7 +330,9 @@ def _wrap(a, dev=None):
     dev = _cur_dev() if dev is None else dev
     root = _root(a)
     mem = _owners.get(id(root))
-    if mem is None or mem.dev != dev:
+    if mem is not None:
+        dev = mem.dev                               # a view lives where its buffer does
+    else:
         mem = _Mem(root.nbytes, dev)
         _owners[id(root)] = mem
         _tls.fresh = True
@@ -628,13 +630,19 @@ ndarray.__divmod__ = lambda self, o: (self // o, self % o)
 
 
 # ----- the generic wrapper: unwrap, check, call NumPy, wrap --------------------------------------
-def _unwrap(obj, dev, host_ok, ufunc=False):
+def _peer_error(resides, current):
+    return ValueError(f"The device where the array resides ({resides}) is different from the "
+                      f"current device ({current}). Peer access is unavailable between these "
+                      "devices.")
+
+
+def _unwrap(obj, devs, host_ok, ufunc=False):
+    """NumPy arrays of `obj`'s emulated arrays; their devices are appended to `devs` (checked
+    once it is known whether the call launches anything: views of another device's array are
+    fine, as on CuPy)."""
     t = type(obj)
     if t is ndarray:
-        if obj._dev != dev:
-            raise ValueError(f"The device where the array resides ({obj._dev}) is different "
-                             f"from the current device ({dev}). Peer access is unavailable "
-                             "between these devices.")
+        devs.append(obj._dev)
         return obj._a
     if t is np.ndarray:
         if not host_ok:
@@ -643,7 +651,7 @@ def _unwrap(obj, dev, host_ok, ufunc=False):
     if t is tuple or t is list:
         if ufunc:
             raise _unsupported(obj)
-        return t(_unwrap(o, dev, host_ok) for o in obj)
+        return t(_unwrap(o, devs, host_ok) for o in obj)
     if ufunc and not isinstance(obj, (int, float, complex, bool, np.generic)) \
             and obj is not None:
         raise _unsupported(obj)
@@ -678,8 +686,9 @@ def _call(fn, name, args, kwargs, host_ok=False, ufunc=False, library=None):
     dev = _cur_dev()
     if library is not None:
         _refuse_capture(library, name)
-    np_args = [_unwrap(a, dev, host_ok, ufunc) for a in args]
-    np_kwargs = {k: _unwrap(v, dev, host_ok or k not in ("out",)) for k, v in kwargs.items()}
+    devs = []
+    np_args = [_unwrap(a, devs, host_ok, ufunc) for a in args]
+    np_kwargs = {k: _unwrap(v, devs, host_ok or k not in ("out",)) for k, v in kwargs.items()}
     if ufunc:
         shapes = [np.shape(a) for a in np_args if isinstance(a, np.ndarray)]
         if shapes:
@@ -703,6 +712,9 @@ def _call(fn, name, args, kwargs, host_ok=False, ufunc=False, library=None):
     # a launch: something written (a new array, out=, an in-place method); views and empty
     # allocations launch nothing, as on CuPy
     if (out is not None or r is None or _tls.fresh) and name not in _NO_LAUNCH:
+        for d in devs:
+            if d != dev:
+                raise _peer_error(d, dev)
         _record("launch", name)
         graph = _capturing()
         if graph is not None:
@@ -714,9 +726,8 @@ _NO_LAUNCH = {"empty", "empty_like"}
 
 
 def _replay(fn, name, args, kwargs, result):
-    dev = _cur_dev()
-    np_args = [_unwrap(a, dev, True) for a in args]
-    np_kwargs = {k: _unwrap(v, dev, True) for k, v in kwargs.items()}
+    np_args = [_unwrap(a, [], True) for a in args]
+    np_kwargs = {k: _unwrap(v, [], True) for k, v in kwargs.items()}
     with np.errstate(all="ignore"):
         r = fn(*np_args, **np_kwargs)
     _record("launch", name)
@@ -872,7 +883,7 @@ def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, blocking=
             return obj
         _record("launch", "copy")
         return _wrap(a, dev)
-    host = _unwrap(obj, dev, True)
+    host = _unwrap(obj, [], True)
     if isinstance(host, (list, tuple)):
         host = _host_sequence(host)
     a = np.array(host, dtype=dtype, copy=True, order=order, ndmin=ndmin)
@@ -1101,7 +1112,8 @@ def _check_args(name, args):
     dev = _cur_dev()
     for a in args:
         if type(a) is ndarray:
-            _unwrap(a, dev, False)
+            if a._dev != dev:
+                raise _peer_error(a._dev, dev)
         elif type(a) is np.ndarray or not (a is None or isinstance(
                 a, (int, float, complex, bool, np.generic))):
             raise _unsupported(a)

@@ -61,6 +61,10 @@ def test_array_from_another_device_is_refused(two_devices):
         y * 2
     with pytest.raises(ValueError, match="current device"):
         fc.exp(y)
+    with pytest.raises(ValueError, match="current device"):
+        y[0] = 5.0
+    view = y[1:].reshape(2, 1)                      # views launch nothing: allowed, as on CuPy
+    assert view.device.id == 1
     moved = fc.asarray(y)                           # CuPy's peer copy onto the current device
     assert moved.device.id == 0
     with pytest.raises(fc.cuda.runtime.CUDARuntimeError, match="invalid device ordinal"):
