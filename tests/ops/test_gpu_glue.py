@@ -26,9 +26,23 @@ def _clear_kernel_caches():
 
 @pytest.fixture
 def emulated(monkeypatch):
-    """The GPU branches' kernels built by the emulated CuPy (whatever `cuda` runs on)."""
+    """The GPU branches' kernels built by the emulated CuPy (whatever `cuda` runs on); the
+    float16 flag of an elementwise kernel must follow the dtype bound to T."""
     _clear_kernel_caches()
     monkeypatch.setattr(_device, "cupy_library", lambda: fc)
+    real = _kernels.elementwise
+
+    def checked(family, fn, in_params, out_params, half):
+        kernel = real(family, fn, in_params, out_params, half)
+
+        def call(*args, **kwargs):
+            t = next(a.dtype for p, a in zip(kernel.in_params, args)
+                     if p.ctype == "T" and isinstance(a, fc.ndarray))
+            assert (t == np.float16) == half, "the float16 flag follows T"
+            return kernel(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(_kernels, "elementwise", checked)
     yield
     monkeypatch.undo()
     _clear_kernel_caches()
