@@ -1042,9 +1042,12 @@ def twins():
 
 
 class _Param:
-    __slots__ = ("raw", "ctype", "dtype", "name")
+    """CuPy's ParameterInfo: `[raw] type name`; a one-letter type is a placeholder."""
 
-    def __init__(self, text):
+    __slots__ = ("raw", "ctype", "dtype", "name", "is_const")
+
+    def __init__(self, text, is_const=True):
+        self.is_const = is_const
         tokens = text.split()
         if len(tokens) not in (2, 3) or (len(tokens) == 3 and tokens[0] != "raw"):
             raise ValueError(f"Invalid parameter: {text.strip()!r}")
@@ -1065,9 +1068,8 @@ class _Param:
         return f"{'raw ' if self.raw else ''}{self.ctype} {self.name}"
 
 
-def _parse(params):
-    out = tuple(_Param(p) for p in params.split(",")) if params.strip() else ()
-    return out
+def _parse(params, is_const=True):
+    return tuple(_Param(p, is_const) for p in params.split(",")) if params.strip() else ()
 
 
 def _check_names(kind, name, params):
@@ -1137,7 +1139,7 @@ class ElementwiseKernel:
 
     def __init__(self, in_params, out_params, operation, name="kernel", reduce_dims=True,
                  preamble="", no_return=False, return_tuple=False, **kwargs):
-        self.in_params, self.out_params = _parse(in_params), _parse(out_params)
+        self.in_params, self.out_params = _parse(in_params), _parse(out_params, False)
         self.nin, self.nout = len(self.in_params), len(self.out_params)
         self.nargs = self.nin + self.nout
         self.operation, self.name, self.preamble = operation, name, preamble
@@ -1230,7 +1232,7 @@ class ReductionKernel:
     def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity,
                  name="reduce_kernel", reduce_type=None, reduce_dims=True, preamble="",
                  options=()):
-        self.in_params, self.out_params = _parse(in_params), _parse(out_params)
+        self.in_params, self.out_params = _parse(in_params), _parse(out_params, False)
         self.nin, self.nout = len(self.in_params), len(self.out_params)
         self.nargs = self.nin + self.nout
         self._params = self.in_params + self.out_params
