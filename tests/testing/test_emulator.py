@@ -295,3 +295,27 @@ def test_every_cupy_import_goes_through_the_device_module():
              for n, line in enumerate(p.read_text().splitlines(), 1)
              if re.match(r"\s*(import cupy\b|from cupy\b)", line)]
     assert found and all(f.startswith("_device.py:") for f in found), found
+
+
+def test_every_array_module_name_gpuvjp_uses_exists_in_cupy():
+    """The emulator serves any NumPy name; CuPy has fewer. `xp.<name>` in gpuvjp's source must
+    exist in the real CuPy (importing it needs no GPU)."""
+    import pathlib
+    import re
+    import types
+
+    import gpuvjp
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install -e .[test])")
+    root = pathlib.Path(gpuvjp.__file__).parent
+    missing, checked = [], 0
+    for path in sorted(root.rglob("*.py")):
+        if "testing" in path.parts:
+            continue
+        for m in re.finditer(r"\bxp\.([A-Za-z_]\w*)(?:\.([A-Za-z_]\w*))?", path.read_text()):
+            checked += 1
+            top = getattr(cupy, m.group(1), None)
+            sub = m.group(2)
+            if top is None or (sub and isinstance(top, types.ModuleType)
+                               and not hasattr(top, sub)):
+                missing.append(f"{path.relative_to(root)}: {m.group(0)}")
+    assert checked > 20 and not missing, missing
