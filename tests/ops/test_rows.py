@@ -459,6 +459,8 @@ def _bcast_case(name, dtype, rng):
     f = np.float32 if dtype == "float16" else dtype
     return {
         "exp_bwd": ("exp_bwd", [u(7, 1), u(7, 33)], "rf"),
+        # sum's cotangent as the graph hands it on: expanded to x's shape, stride 0 along rows
+        "exp_bwd-expanded": ("exp_bwd", [np.broadcast_to(u(7, 1), (7, 33)), u(7, 33)], "rf"),
         "exp_bwd-3d": ("exp_bwd", [u(2, 3, 1), u(2, 3, 50)], "rf"),
         "exp_bwd-trailing": ("exp_bwd", [u(4, 1, 1), u(4, 3, 9)], "rf"),
         "exp_bwd-unaligned": ("exp_bwd", [u(5, 1), _cut(u(5, 301), "offset", rng)], "rf"),
@@ -477,8 +479,8 @@ def _bcast_case(name, dtype, rng):
     }[name]
 
 
-BCAST = ["exp_bwd", "exp_bwd-3d", "exp_bwd-trailing", "exp_bwd-unaligned", "exp_bwd-columns",
-         "exp_bwd-one-column", "exp_bwd-scalar-row", "logsumexp_bwd", "softmax_bwd",
+BCAST = ["exp_bwd", "exp_bwd-expanded", "exp_bwd-3d", "exp_bwd-trailing", "exp_bwd-unaligned",
+         "exp_bwd-columns", "exp_bwd-one-column", "exp_bwd-scalar-row", "logsumexp_bwd", "softmax_bwd",
          "softmax_fwd", "var_bwd-scalar", "ce_bwd"]
 
 
@@ -554,9 +556,14 @@ def test_row_kernel_on_cuda_matches_twin(case, shape, axis, how, kind, dtype, ro
     xd = cupy.asarray(x) if how == "plain" else _device_cut(cupy, x, how)
     got = _rows.reduce(kind, cupy, xd, axis, False, float_out=kind == "softmax_stats")
     assert got is not None
+    with pytest.MonkeyPatch.context() as mp:          # the same plan through the twins
+        mp.setattr(_rows, "_raw_kernel", StandInRawKernel)
+        twin = _rows.reduce(kind, fake_cupy, x, axis, False, float_out=kind == "softmax_stats")
     want = _reference(kind, x, axis, False)
-    for k, (g, w) in enumerate(zip(_values(got), _values(want))):
-        _close(g.get(), w, dtype, f"{kind} value {k} of {case} ({dtype}) on cuda")
+    for k, (g, t, w) in enumerate(zip(_values(got), _values(twin), _values(want))):
+        _close(g.get(), t, dtype, f"{kind} value {k} of {case} ({dtype}) on cuda, against the "
+                                  "twin")
+        _close(g.get(), w, dtype, f"{kind} value {k} of {case} ({dtype}) on cuda, against NumPy")
 
 
 def _device_cut(cupy, x, how):
@@ -578,10 +585,18 @@ def test_row_broadcast_on_cuda_matches_twin(case, dtype, row_kernels, rng):
     import cupy
 
     fn, args, code = _bcast_case(case, dtype, rng)
-    dev = [cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+    dev = [_to_device(cupy, a) if isinstance(a, np.ndarray) else a for a in args]
     got = _rows.rowcast(cupy, FUSED[fn].family, fn, *FUSED[fn].kernel, dev)
     assert got is not None
     _close(got.get(), _twin_of(fn, args, dtype), dtype, f"{case} ({dtype}) on cuda")
+
+
+def _to_device(cupy, a):
+    """`a` on the device, an expanded (stride-0) view staying one."""
+    if a.size and 0 in a.strides:
+        base = a[tuple(slice(0, 1) if st == 0 else slice(None) for st in a.strides)]
+        return cupy.broadcast_to(cupy.asarray(base), a.shape)
+    return cupy.asarray(a)
 
 
 VJP_CASES = {
