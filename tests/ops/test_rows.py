@@ -480,7 +480,8 @@ def _bcast_case(name, dtype, rng):
 
 
 BCAST = ["exp_bwd", "exp_bwd-expanded", "exp_bwd-3d", "exp_bwd-trailing", "exp_bwd-unaligned",
-         "exp_bwd-columns", "exp_bwd-one-column", "exp_bwd-scalar-row", "logsumexp_bwd", "softmax_bwd",
+         "exp_bwd-columns", "exp_bwd-one-column", "exp_bwd-scalar-row", "logsumexp_bwd",
+         "softmax_bwd",
          "softmax_fwd", "var_bwd-scalar", "ce_bwd"]
 
 
