@@ -15,6 +15,10 @@ What it may import: NumPy, `_kernels` (sources, twins, compile errors), `_regist
 op); CuPy only through the array module it is handed. It never touches the graph, the Pending
 DAGs (a reduction of a pending elementwise DAG keeps its ReductionKernel path), or CPU paths:
 every entry point returns None where it does not apply, and the caller runs its usual code.
+
+TODO(#10): the geometry constants below are first guesses, to be set (and the switch turned on
+per kernel) from scripts/bench_kernels.py on a GPU. TODO(#9): once elementwise plans are lazy,
+a row reduction of a pending DAG takes the DAG as its per-element map (RowOp.one of the map).
 """
 
 from __future__ import annotations
