@@ -371,6 +371,11 @@ class Device:
         return "90"
 
     @property
+    def attributes(self):
+        return {"MultiProcessorCount": 132, "MaxThreadsPerBlock": 1024,
+                "MaxSharedMemoryPerBlock": 49152, "WarpSize": 32}
+
+    @property
     def mem_info(self):
         with Device(self.id):
             return runtime.memGetInfo()

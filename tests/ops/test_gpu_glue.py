@@ -28,6 +28,7 @@ def _clear_kernel_caches():
 def emulated(monkeypatch):
     """The GPU branches' kernels built by the emulated CuPy (whatever `cuda` runs on); the
     float16 flag of an elementwise kernel must follow the dtype bound to T."""
+    monkeypatch.delenv("GPUVJP_ROW_KERNELS", raising=False)   # tests/ops/test_rows.py's kernels
     _clear_kernel_caches()
     monkeypatch.setattr(_device, "cupy_library", lambda: fc)
     real = _kernels.elementwise
