@@ -52,15 +52,15 @@ def _seed_grads(outputs, grad_outputs, create_graph):
                 raise RuntimeError(
                     f"Mismatch in shape: grad_output[{i}] has a shape of {_size(g.shape)} and "
                     f"output[{i}] has a shape of {_size(out.shape)}.")
-            if g.device != out.device:
+            if g._dev is not out._dev and g._dev != out._dev:
                 raise RuntimeError(
                     f"invalid gradient at index {i} - expected device {out.device} but got "
                     f"{g.device}")
-            if g.dtype is not out.dtype:
+            if g._dtype is not out._dtype:
                 from ..ops.shape import to_dtype
-                g = to_dtype(g, out.dtype)
-            if not create_graph:
-                g = g.detach()
+                g = to_dtype(g, out._dtype)
+            # Without create_graph the sweep records nothing, so g's own history is never
+            # extended, and every gradient handed back is detached where it leaves.
         grads.append(g)
     return grads
 

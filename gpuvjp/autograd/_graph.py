@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .. import _device
+from .._device import CPU
 from . import _mode
 
 __all__ = ["Node", "run_backward"]
@@ -154,7 +156,7 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
             _accumulate(found, r, g)
     order, needed = _toposort(root_nodes, targets)
 
-    with _mode.set_grad_enabled(create_graph):
+    with _mode.set_grad_enabled(create_graph), _device.scope(grads[0]._dev if grads else CPU):
         for node in order:
             entry = pending.pop(id(node), None)
             if entry is None:

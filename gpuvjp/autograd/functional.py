@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import os
@@ -26,6 +27,21 @@ def _as_tuple(x, arg_name, fn_name):
                 f"The {arg_name} given to {fn_name} must be either a Tensor or a tuple of "
                 f"Tensors but the {where} has type {type(el)}.")
     return is_tuple, items
+
+
+def _one_scope(fn):
+    """Run a functional inside one compute scope of its inputs' device (_device.scope), so
+    the ops of the call enter no error-state or device context of their own."""
+    @functools.wraps(fn)
+    def wrapper(func, inputs, *args, **kwargs):
+        first = inputs
+        if isinstance(inputs, tuple):
+            first = inputs[0] if inputs else None
+        if not isinstance(first, Tensor):      # bad inputs: the functional raises
+            return fn(func, inputs, *args, **kwargs)
+        with _device.scope(first._dev):
+            return fn(func, inputs, *args, **kwargs)
+    return wrapper
 
 
 def _check_func(func, fn_name):
@@ -73,7 +89,7 @@ def _validate_v(v, other, is_other_tuple):
         if el_v.shape != el_o.shape:
             raise RuntimeError(f"{prepend}v has invalid size: should be "
                                f"{_size(el_o.shape)} but got {_size(el_v.shape)}.")
-        if el_v.device != el_o.device:
+        if el_v._dev is not el_o._dev and el_v._dev != el_o._dev:
             raise RuntimeError(f"{prepend}v is on device {el_v.device} but the output it "
                                f"pairs with is on {el_o.device}.")
 
@@ -167,6 +183,7 @@ def _unpack2(res, is_outer_tuple, is_inner_tuple):
 
 
 # ----- vjp -------------------------------------------------------------------------------------
+@_one_scope
 def vjp(func, inputs, v=None, create_graph=False, strict=False):
     """Same as `torch.autograd.functional.vjp`."""
     _check_func(func, "vjp")
@@ -179,7 +196,8 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
         _check_requires_grad(outputs, strict)
         if v is not None:
             _, v = _as_tuple(v, "v", "vjp")
-            v = _grad_preprocess(v, create_graph, need_graph=False)
+            if create_graph:          # without, the sweep records nothing: v is used as is
+                v = _grad_preprocess(v, create_graph, need_graph=False)
             _validate_v(v, outputs, is_outputs_tuple)
         elif len(outputs) != 1 or outputs[0].numel() != 1:
             raise RuntimeError("The vector v can only be None if the user-provided function "
@@ -187,11 +205,13 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
     with _mode.set_grad_enabled(True if create_graph else _mode.is_grad_enabled()):
         grads = _autograd_grad(outputs, inputs, v, create_graph)
         result = _fill_in_zeros(grads, inputs, strict, create_graph)
+    # grad() returns new tensors, detached unless create_graph: only the outputs need it
     return (_unpack(_grad_postprocess(outputs, create_graph), is_outputs_tuple),
-            _unpack(_grad_postprocess(result, create_graph), is_inputs_tuple))
+            _unpack(result, is_inputs_tuple))
 
 
 # ----- jvp -------------------------------------------------------------------------------------
+@_one_scope
 def jvp(func, inputs, v=None, create_graph=False, strict=False):
     """Same as `torch.autograd.functional.jvp`."""
     return _jvp_impl(func, inputs, v, create_graph, strict)
@@ -399,6 +419,7 @@ def _device_of(*groups):
 _STRATEGIES = ("forward-mode", "reverse-mode", "auto")
 
 
+@_one_scope
 def jacobian(func, inputs, create_graph=False, strict=False, vectorize=False,
              strategy="reverse-mode", chunk_size=None):
     """Same as `torch.autograd.functional.jacobian`; also `strategy="auto"` (with vectorize=True,
@@ -558,6 +579,7 @@ def _jacfwd_vectorized(func, inputs, chunk_size):
 
 
 # ----- hessian, vhp, hvp ------------------------------------------------------------------------
+@_one_scope
 def hessian(func, inputs, create_graph=False, strict=False, vectorize=False,
             outer_jacobian_strategy="reverse-mode"):
     """Same as `torch.autograd.functional.hessian`."""
@@ -609,6 +631,7 @@ def _scalar_output(func, inputs, v, create_graph, strict, fn_name):
     return is_inputs_tuple, inputs, v, outputs, jac
 
 
+@_one_scope
 def vhp(func, inputs, v=None, create_graph=False, strict=False):
     """Same as `torch.autograd.functional.vhp`."""
     _check_func(func, "vhp")
@@ -622,6 +645,7 @@ def vhp(func, inputs, v=None, create_graph=False, strict=False):
             _unpack(_grad_postprocess(result, create_graph), is_inputs_tuple))
 
 
+@_one_scope
 def hvp(func, inputs, v=None, create_graph=False, strict=False):
     """Same as `torch.autograd.functional.hvp` (by the double-backward trick, like PyTorch)."""
     from .._creation import zeros_like

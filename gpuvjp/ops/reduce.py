@@ -47,7 +47,7 @@ def keep(g, dims, keepdim, shape):
     if keepdim or not dims:
         return g
     kshape = tuple(1 if i in dims else s for i, s in enumerate(shape))
-    return _shape.reshape_(g, shape=kshape)
+    return _shape.view_op(_shape.reshape_, g, kshape)
 
 
 # ----- sum -------------------------------------------------------------------------------------

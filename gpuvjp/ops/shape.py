@@ -9,6 +9,8 @@ import operator
 import numpy as np
 
 from .. import _device, _dtype
+from .._tensor import Tensor
+from ..autograd import _mode
 from . import _kernels
 from . import reduce as _reduce
 from ..autograd._forward import deflinear
@@ -53,6 +55,17 @@ def to_device(x, device):
     return to_device_(x, device=device)
 
 
+# ----- views that record nothing ----------------------------------------------------------
+def view_op(op, x, shape):
+    """`op(x, shape=shape)` for a view op (reshape, expand). Where nothing would be recorded
+    (grad mode off, as in a first-order sweep, and no batch dim or tangent to carry) the view
+    is taken on the array directly: no op runs and no node is built."""
+    if x._nb or x._tangent is not None or _mode.is_grad_enabled():
+        return op(x, shape=shape)
+    xp = np if x._dev.type == "cpu" else _device.cupy_module()
+    return Tensor._make(op.impl(xp, x._array(), shape=shape), x._dev, x._dtype, None)
+
+
 # ----- sum_to: where broadcasting is undone, once for every rule -----------------------
 def sum_to(g, shape, dtype):
     """Sum `g` over the dims that broadcasting added to reach `shape`, expand it where a rule
@@ -68,9 +81,9 @@ def sum_to(g, shape, dtype):
             if dims:
                 g = _reduce.sum_op(g, dim=dims, keepdim=True)
             if g.shape != shape:
-                g = reshape_(g, shape=shape)
+                g = view_op(reshape_, g, shape)
         else:
-            g = expand(g, *shape)
+            g = expand(g, *shape)                  # a cotangent broadcast back: a view
     if g._dtype is not dtype:
         g = to_dtype(g, dtype)
     return g
@@ -105,7 +118,7 @@ def reshape(input, *shape):
     shape = _infer(norm_shape(shape, "shape"), input.numel())
     if shape == input.shape:
         return input if not input.requires_grad else reshape_(input, shape=shape)
-    return reshape_(input, shape=shape)
+    return view_op(reshape_, input, shape)
 
 
 view = reshape
@@ -223,7 +236,7 @@ def expand(input, *sizes):
     out = tuple(out)
     if out == shp:
         return input
-    return expand_(input, shape=out)
+    return view_op(expand_, input, out)
 
 
 def broadcast_to(input, size):
