@@ -70,7 +70,8 @@ def _size(shape):
 
 
 def _key(t):
-    return t._node if t._node is not None else t
+    """What the sweep knows a tensor by: its producer node, or itself for a leaf."""
+    return t if t._node is None else t._node
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
@@ -95,11 +96,12 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     grads = _seed_grads(outputs, grad_outputs, create_graph)
     if retain_graph is None:
         retain_graph = create_graph
-    targets = {id(_key(t)) for t in inputs}
-    found = run_backward([_key(o) for o in outputs], grads, targets, retain_graph, create_graph)
+    keys = [id(_key(t)) for t in inputs]
+    found = run_backward([_key(o) for o in outputs], grads, set(keys), retain_graph,
+                         create_graph)
     result = []
     for i, t in enumerate(inputs):
-        g = found.get(id(_key(t)))
+        g = found.get(keys[i])
         if g is None:
             if materialize_grads:
                 from .._creation import zeros_like

@@ -155,12 +155,12 @@ _INDEPENDENT_MSG = {
 
 
 def _fill_in_zeros(grads, refs, strict, create_graph, stage="back"):
-    from .._creation import zeros_like
     res = []
     for i, g in enumerate(grads):
         if g is None:
             if strict:
                 raise RuntimeError(_INDEPENDENT_MSG[stage].format(i=i))
+            from .._creation import zeros_like
             g = zeros_like(refs[i])
         elif strict and create_graph and not g.requires_grad:
             what = "hessian" if "double" in stage else "jacobian"

@@ -193,10 +193,11 @@ def apply(op, args, params):
         if op.vjps is None:
             raise RuntimeError(f"the derivative for '{op.name}' is not implemented")
         # promotion may have put a cast in front of an input: edges follow the promoted args
-        edges = tuple((a if a._node is None else a._node)
-                      if isinstance(a, Tensor) and a._requires_grad else None for a in args)
+        edges = tuple([(a if a._node is None else a._node)
+                       if isinstance(a, Tensor) and a._requires_grad else None for a in args])
         node = Node(op, args if type(args) is tuple else tuple(args), params, edges,
-                    out if op.saves_ans else None, (out.shape[nb:], dt, dev))
+                    out if op.saves_ans else None,
+                    (out.shape[nb:] if nb else out.shape, dt, dev))
     result = Tensor._make(out, dev, dt, node)
     if nb:
         result._nb = nb

@@ -27,7 +27,7 @@ def _acc_dtype(a):
 
 def _sum_impl(xp, x, dim, keepdim):
     acc = _acc_dtype(x)
-    out = xp.sum(x, axis=dim, keepdims=keepdim, dtype=acc)
+    out = x.sum(axis=dim, keepdims=keepdim, dtype=acc)      # the method: no dispatch layer
     if x.dtype == np.float16:
         out = out.astype(np.float16)
     return out
@@ -46,7 +46,7 @@ def keep(g, dims, keepdim, shape):
     """Re-insert the reduced dims of `g` (size 1), so the graph can expand it to `shape`."""
     if keepdim or not dims:
         return g
-    kshape = tuple(1 if i in dims else s for i, s in enumerate(shape))
+    kshape = tuple([1 if i in dims else s for i, s in enumerate(shape)])
     return _shape.view_op(_shape.reshape_, g, kshape)
 
 

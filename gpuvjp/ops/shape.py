@@ -75,9 +75,9 @@ def sum_to(g, shape, dtype):
     gs = g.shape
     if gs != shape:
         lead = len(gs) - len(shape)
-        if lead >= 0 and all(n == 1 or gs[lead + i] == n for i, n in enumerate(shape)):
-            dims = tuple(range(lead)) + tuple(
-                lead + i for i, n in enumerate(shape) if n == 1 and gs[lead + i] != 1)
+        if lead >= 0 and all([n == 1 or gs[lead + i] == n for i, n in enumerate(shape)]):
+            dims = tuple(range(lead)) + tuple([
+                lead + i for i, n in enumerate(shape) if n == 1 and gs[lead + i] != 1])
             if dims:
                 g = _reduce.sum_op(g, dim=dims, keepdim=True)
             if g.shape != shape:
@@ -204,7 +204,27 @@ def squeeze(input, dim=None):
 
 
 # ----- expand / broadcast_to ---------------------------------------------------------------
-expand_ = defop("expand", lambda xp, x, shape: xp.broadcast_to(x, shape), promote=KEEP,
+def _broadcast(xp, x, shape):
+    """xp.broadcast_to(x, shape). For a contiguous NumPy array the same read-only view is
+    made from its strides directly: np.broadcast_to's generic path costs several times the
+    whole of a tiny op, and every cotangent broadcast back takes this path."""
+    lead = len(shape) - x.ndim
+    if xp is not np or lead < 0 or not x.flags.c_contiguous or not x.size:
+        return xp.broadcast_to(x, shape)
+    strides = [0] * lead
+    for n, m, st in zip(x.shape, shape[lead:], x.strides):
+        if n == m:
+            strides.append(st)
+        elif n == 1:
+            strides.append(0)
+        else:                                          # not broadcastable: NumPy's error
+            return xp.broadcast_to(x, shape)
+    out = np.ndarray(shape, x.dtype, x, 0, tuple(strides))
+    out.flags.writeable = False
+    return out
+
+
+expand_ = defop("expand", _broadcast, promote=KEEP,
                 saves_ans=False, saves_inputs=False)
 defvjp(expand_, lambda g, ans, x, shape: g)           # sum_to undoes the broadcast
 deflinear(expand_)
