@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import operator
@@ -42,6 +43,9 @@ def _one_scope(fn):
         with _device.scope(first._dev):
             return fn(func, inputs, *args, **kwargs)
     return wrapper
+
+
+_NO_CHANGE = contextlib.nullcontext()
 
 
 def _check_func(func, fn_name):
@@ -202,7 +206,8 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
         elif len(outputs) != 1 or outputs[0].numel() != 1:
             raise RuntimeError("The vector v can only be None if the user-provided function "
                                "returns a single Tensor with a single element.")
-    with _mode.set_grad_enabled(True if create_graph else _mode.is_grad_enabled()):
+    # without create_graph the sweep runs in the caller's grad mode, as in PyTorch
+    with _mode.enable_grad() if create_graph else _NO_CHANGE:
         grads = _autograd_grad(outputs, inputs, v, create_graph)
         result = _fill_in_zeros(grads, inputs, strict, create_graph)
     # grad() returns new tensors, detached unless create_graph: only the outputs need it

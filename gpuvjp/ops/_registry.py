@@ -75,7 +75,7 @@ def _ufunc_impl(ufunc):
     name = ufunc.__name__
 
     def impl(xp, *arrays):
-        return getattr(xp, name)(*arrays)
+        return (ufunc if xp is np else getattr(xp, name))(*arrays)
     impl.__name__ = name
     return impl
 

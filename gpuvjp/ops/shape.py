@@ -56,11 +56,17 @@ def to_device(x, device):
 
 
 # ----- views that record nothing ----------------------------------------------------------
+def _records(x):
+    """Whether an op on `x` would record anything: a node (grad mode on), a batch dim or a
+    tangent to carry. A first-order sweep runs with grad mode off: its cotangents record
+    nothing."""
+    return x._nb or x._tangent is not None or _mode.is_grad_enabled()
+
+
 def view_op(op, x, shape):
     """`op(x, shape=shape)` for a view op (reshape, expand). Where nothing would be recorded
-    (grad mode off, as in a first-order sweep, and no batch dim or tangent to carry) the view
-    is taken on the array directly: no op runs and no node is built."""
-    if x._nb or x._tangent is not None or _mode.is_grad_enabled():
+    the view is taken on the array directly: no op runs and no node is built."""
+    if _records(x):
         return op(x, shape=shape)
     xp = np if x._dev.type == "cpu" else _device.cupy_module()
     return Tensor._make(op.impl(xp, x._array(), shape=shape), x._dev, x._dtype, None)
@@ -82,8 +88,10 @@ def sum_to(g, shape, dtype):
                 g = _reduce.sum_op(g, dim=dims, keepdim=True)
             if g.shape != shape:
                 g = view_op(reshape_, g, shape)
-        else:
-            g = expand(g, *shape)                  # a cotangent broadcast back: a view
+        elif _records(g):
+            g = expand(g, *shape)
+        else:                                      # a cotangent broadcast back: a view
+            g = view_op(expand_, g, shape)
     if g._dtype is not dtype:
         g = to_dtype(g, dtype)
     return g
