@@ -23,6 +23,7 @@ import os
 import platform
 import pstats
 import statistics
+import subprocess
 import sys
 import time
 
@@ -164,19 +165,40 @@ def run_device(device, n):
     return rows
 
 
+def git_commit():
+    commit = os.environ.get("GPUVJP_COMMIT")
+    if commit:
+        return commit[:7]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=os.path.dirname(os.path.abspath(gv.__file__)),
+                              timeout=10).stdout.strip() or "none"
+    except (OSError, subprocess.SubprocessError):
+        return "none"
+
+
 def us(seconds):
     return "-" if seconds is None else f"{seconds * 1e6:.1f} us"
 
 
-def table(rows, n):
+def gpu_name():
+    import cupy
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"]
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def table(rows, n, devices):
     lines = [
         "# Per-call host cost: W4, one vjp call, median of interleaved calls",
         "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-        f"python {platform.python_version()}; {n} interleaved calls per library",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; commit "
+        f"{git_commit()}; python {platform.python_version()}; {n} interleaved calls per "
+        "library",
         f"- versions: gpuvjp {getattr(gv, '__version__', '?')}, numpy {np.__version__}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} thread)",
-        f"- host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        f"- host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        + (f"; cuda: {gpu_name()}" if "cuda" in devices else ""),
         "- ratio = gpuvjp median / torch median (target <= 0.5); host launch = empty CuPy "
         "kernel + sync; gpuvjp python = median x gpuvjp's share of self time under cProfile",
         "",
@@ -206,7 +228,7 @@ def main(argv=None):
             sys.exit("no CUDA GPU visible to CuPy")
         devices.remove("cuda")
     rows = [r for d in devices for r in run_device(d, args.calls)]
-    text = table(rows, args.calls)
+    text = table(rows, args.calls, devices)
     print(text)
     if args.out:
         with open(args.out, "w") as f:

@@ -78,8 +78,8 @@ def _grad_preprocess(inputs, create_graph, need_graph, fn_name=None):
 def _grad_postprocess(items, create_graph):
     if create_graph:
         return items
-    return tuple(t.detach() if isinstance(t, Tensor) else _grad_postprocess(t, False)
-                 for t in items)
+    return tuple([t.detach() if isinstance(t, Tensor) else _grad_postprocess(t, False)
+                  for t in items])
 
 
 def _validate_v(v, other, is_other_tuple):
@@ -133,11 +133,13 @@ def _check_requires_grad(items, strict, kind="outputs"):
 
 def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=None):
     """autograd.grad over the outputs that exist and require grad, None for unused inputs."""
-    pairs = [(o, g) for o, g in zip(outputs, grad_outputs or (None,) * len(outputs))
-             if o is not None and o.requires_grad]
-    if not pairs:
-        return (None,) * len(inputs)
-    outs, gs = zip(*pairs)
+    outs, gs = outputs, grad_outputs
+    if not outputs or not all([o is not None and o._requires_grad for o in outputs]):
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs or (None,) * len(outputs))
+                 if o is not None and o._requires_grad]
+        if not pairs:
+            return (None,) * len(inputs)
+        outs, gs = zip(*pairs)
     return grad(outs, inputs, gs, retain_graph=retain_graph, create_graph=create_graph,
                 allow_unused=True)
 
