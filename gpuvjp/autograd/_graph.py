@@ -81,7 +81,8 @@ class Node:
             self.ans_tangent = None
             self.released = True
         elif self.inputs is not None:
-            self.inputs = tuple([Meta(t) if hasattr(t, "_dev") else t for t in self.inputs])
+            # tensors become Meta; a Meta (a node swept before) and non-tensors stay
+            self.inputs = tuple([Meta(t) if hasattr(t, "_data") else t for t in self.inputs])
 
 
 class Meta:
@@ -91,12 +92,14 @@ class Meta:
                  "_batch")
 
     def __init__(self, t):
-        self.shape, self.ndim = t.shape, t.ndim
+        full, nb = t._data.shape, t._nb
+        self.shape = full[nb:] if nb else full
+        self.ndim = len(self.shape)
         self.dtype = self._dtype = t._dtype
         self.device = self._dev = t._dev
-        self.requires_grad = t.requires_grad
-        self._nb = t._nb
-        self._batch = t._data.shape[0] if t._nb else 0
+        self.requires_grad = t._requires_grad
+        self._nb = nb
+        self._batch = full[0] if nb else 0
 
 
 def _toposort(roots, targets):

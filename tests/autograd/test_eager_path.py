@@ -169,3 +169,13 @@ def test_nested_functionals_share_the_scope():
                                            torch.tensor([0.5, 1.5], dtype=torch.float64))
     np.testing.assert_allclose(h.numpy(), th.numpy(), rtol=1e-12)
     assert _device._CURRENT.dev is None
+
+
+def test_a_node_that_saved_nothing_sweeps_three_times():
+    # sum and expand keep only their inputs' metadata after a sweep: PyTorch lets such a
+    # graph be swept again, and the metadata of a metadata survives another release
+    x = _x(3, 1)
+    y = x.expand(3, 4).sum()
+    for _ in range(3):
+        y.backward()
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((3, 1), 12.0))
