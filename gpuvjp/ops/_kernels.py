@@ -5,12 +5,20 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import operator
+import os
 import pathlib
 
 import numpy as np
 
 __all__ = ["source", "elementwise_caller", "map_sum", "Reduction", "defreduction", "REDUCTIONS",
-           "defscatter", "SCATTERS", "KernelSourceError", "kernel_dir"]
+           "defscatter", "SCATTERS", "KernelSourceError", "kernel_dir", "TWINS", "register_twin"]
+
+TWINS: dict[str, object] = {}
+
+
+def register_twin(name, fn):
+    """Record the NumPy twin of kernel `name`: the emulated CuPy (gpuvjp.testing) computes it."""
+    TWINS[name] = fn
 
 
 class KernelSourceError(RuntimeError):
@@ -65,6 +73,11 @@ def elementwise_caller(family, fn, in_params, out_params):
         half = ref.dtype == "float16"
         if len(arrays) > 1:    # python scalars take the arrays' type, as NumPy's weak scalars
             arrays = [a if hasattr(a, "dtype") else ref.dtype.type(a) for a in arrays]
+        if os.environ.get("GPUVJP_ROW_KERNELS") == "1":    # a row broadcast: gpuvjp/ops/_rows.py
+            from . import _rows
+            out = _rows.rowcast(xp, family, fn, in_params, out_params, arrays)
+            if out is not None:
+                return out
         kernel = elementwise(family, fn, in_params, out_params, half)
         return _launch(kernel, family, fn, *arrays)
     call.__name__ = f"gv_{fn}"

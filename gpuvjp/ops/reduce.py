@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .._lazy import Pending
-from . import _kernels
+from . import _kernels, _rows
 from . import shape as _shape
 from ..autograd._forward import deflinear
 from ._registry import FLOAT, KEEP, defop, defvjp, fused, shift_dims_rule
@@ -38,7 +38,8 @@ def _sum_gpu(xp, x, dim, keepdim):
         if x.value is None:
             return _kernels.map_sum(x.op, x.src, dim, keepdim)
         x = x.value
-    return _sum_impl(xp, x, dim, keepdim)
+    out = _rows.reduce("sum", xp, x, dim, keepdim)          # GPUVJP_ROW_KERNELS=1
+    return _sum_impl(xp, x, dim, keepdim) if out is None else out
 
 
 def keep(g, dims, keepdim, shape):
@@ -83,6 +84,9 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
     dims = norm_dims(dim, input.ndim)
     if dim is not None and isinstance(dim, (list, tuple)) and len(dim) == 0:
         dims = tuple(range(input.ndim))
+    out = _rows.mean(input, dims, bool(keepdim))             # GPUVJP_ROW_KERNELS=1
+    if out is not None:
+        return out
     n = math.prod(input.shape[d] for d in dims)
     s = sum_op(input, dim=dims, keepdim=bool(keepdim))
     return s / n if n else s * float("nan")
@@ -184,11 +188,13 @@ def _norm_int_dim(dim, name):
 # ----- amax, amin ------------------------------------------------------------------------------
 # y = max(x, dims); the gradient is split evenly among the elements equal to the max (ties).
 def _amax_impl(xp, x, dim, keepdim):
-    return xp.amax(x, axis=dim, keepdims=keepdim)
+    out = _rows.reduce("amax", xp, x, dim, keepdim)         # GPUVJP_ROW_KERNELS=1
+    return xp.amax(x, axis=dim, keepdims=keepdim) if out is None else out
 
 
 def _amin_impl(xp, x, dim, keepdim):
-    return xp.amin(x, axis=dim, keepdims=keepdim)
+    out = _rows.reduce("amin", xp, x, dim, keepdim)
+    return xp.amin(x, axis=dim, keepdims=keepdim) if out is None else out
 
 
 def extremum_vjp(g, ans, x, dim, keepdim):
@@ -376,6 +382,7 @@ def _lse_twin(a, axis, keepdims):
 lse_rows = _kernels.defreduction("logsumexp", "reduce", state="MaxSum", one="lse_one",
                                  merge="lse_merge", values=["lse_value"], empty="lse_empty",
                                  twin=_lse_twin)
+lse_rows = _rows.switched(lse_rows, "logsumexp")            # GPUVJP_ROW_KERNELS=1
 
 
 def _stats_twin(a, axis, keepdims):
@@ -394,6 +401,7 @@ def _stats_twin(a, axis, keepdims):
 softmax_stats = _kernels.defreduction("softmax_stats", "reduce", state="MaxSum", one="lse_one",
                                       merge="lse_merge", values=["lse_max", "lse_sum"],
                                       empty="lse_empty", twin=_stats_twin)
+softmax_stats = _rows.switched(softmax_stats, "softmax_stats")
 
 
 def _logsumexp_impl(xp, x, dim, keepdim):

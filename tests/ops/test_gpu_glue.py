@@ -83,6 +83,7 @@ def _scatter(name):
 
 @pytest.fixture
 def emulated(monkeypatch):
+    monkeypatch.delenv("GPUVJP_ROW_KERNELS", raising=False)   # tests/ops/test_rows.py's kernels
     monkeypatch.setattr(_kernels, "elementwise", _elementwise)
     monkeypatch.setattr(_kernels, "reduction_kernel", _reduction)
     monkeypatch.setattr(_kernels, "scatter_kernel", _scatter)
