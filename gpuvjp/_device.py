@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import numpy as np
 
@@ -191,6 +192,49 @@ class _Null:
 
 
 _NULL = _Null()
+
+
+# ----- compute scope: one error state and one current device for a whole call ----------
+class _Current(threading.local):
+    dev = None                  # the device whose scope this thread is in, or None
+
+
+_CURRENT = _Current()
+
+
+class scope:
+    """Context for a whole computation on `dev` (a functional call, one op outside one):
+    on cpu NumPy's floating-point warnings are off (nan and inf propagate silently, as in
+    PyTorch); on cuda `dev` is CuPy's current device. Ops on `dev` inside it enter nothing
+    themselves, so a call pays for one context, not one per op. Code inside a scope that
+    makes another CuPy device current must leave it before calling gpuvjp ops on `dev`."""
+
+    __slots__ = ("dev", "_ctx", "_prev")
+
+    def __init__(self, dev):
+        self.dev = dev
+        self._ctx = None
+
+    def __enter__(self):
+        self._prev = _CURRENT.dev
+        if self._prev is not self.dev:
+            self._ctx = (np.errstate(all="ignore") if self.dev.type == "cpu"
+                         else cupy_module().cuda.Device(self.dev.index))
+            self._ctx.__enter__()
+            _CURRENT.dev = self.dev
+        return self
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            _CURRENT.dev = self._prev
+            self._ctx.__exit__(*exc)
+            self._ctx = None
+        return False
+
+
+def compute(dev: device):
+    """The context one op on `dev` computes in: nothing inside a scope of `dev`."""
+    return _NULL if _CURRENT.dev is dev else scope(dev)
 
 # ----- default device -------------------------------------------------------------------
 _default = [None]

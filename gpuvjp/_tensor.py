@@ -291,12 +291,15 @@ class Tensor:
 
 
 def _binary(fn_name, reflected=False):
+    fn = []                             # ops.<fn_name>, looked up on first use: ops import us
+
     def method(self, other):
-        from . import ops
-        fn = getattr(ops, fn_name)
         if not isinstance(other, (Tensor, bool, int, float, np.generic)):
             return NotImplemented
-        return fn(other, self) if reflected else fn(self, other)
+        if not fn:
+            from . import ops
+            fn.append(getattr(ops, fn_name))
+        return fn[0](other, self) if reflected else fn[0](self, other)
     method.__name__ = fn_name
     return method
 

@@ -11,6 +11,7 @@ bytes the call must move (each input read once, each output written once) over a
 bandwidth measured in the same run (bytes read plus bytes written).
 
     python3 scripts/bench_vjp.py [--device cpu|cuda|all] [--out FILE] [--quick]
+    python3 scripts/bench_vjp.py --per-call [--device ...] [--calls N]   (bench_percall.py)
 """
 
 import argparse
@@ -488,4 +489,8 @@ def main(workloads=workloads, libraries=libraries, title="vjp benchmark"):
 
 
 if __name__ == "__main__":
+    if "--per-call" in sys.argv[1:]:          # W4's per-call host cost: bench_percall.py
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import bench_percall
+        sys.exit(bench_percall.main(sys.argv[1:]))
     sys.exit(main())

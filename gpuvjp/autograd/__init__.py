@@ -52,15 +52,15 @@ def _seed_grads(outputs, grad_outputs, create_graph):
                 raise RuntimeError(
                     f"Mismatch in shape: grad_output[{i}] has a shape of {_size(g.shape)} and "
                     f"output[{i}] has a shape of {_size(out.shape)}.")
-            if g.device != out.device:
+            if g._dev is not out._dev and g._dev != out._dev:
                 raise RuntimeError(
                     f"invalid gradient at index {i} - expected device {out.device} but got "
                     f"{g.device}")
-            if g.dtype is not out.dtype:
+            if g._dtype is not out._dtype:
                 from ..ops.shape import to_dtype
-                g = to_dtype(g, out.dtype)
-            if not create_graph:
-                g = g.detach()
+                g = to_dtype(g, out._dtype)
+            # Without create_graph the sweep records nothing, so g's own history is never
+            # extended, and every gradient handed back is detached where it leaves.
         grads.append(g)
     return grads
 
@@ -70,7 +70,8 @@ def _size(shape):
 
 
 def _key(t):
-    return t._node if t._node is not None else t
+    """What the sweep knows a tensor by: its producer node, or itself for a leaf."""
+    return t if t._node is None else t._node
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
@@ -86,20 +87,21 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         raise ValueError("Expected allow_unused to be True or not passed when "
                          "materialize_grads=True, but got: allow_unused=False.")
     for i, out in enumerate(outputs):
-        if not out.requires_grad:
+        if not out._requires_grad:
             raise RuntimeError(f"element {i} of tensors does not require grad and does not "
                                "have a grad_fn")
     for t in inputs:
-        if not t.requires_grad:
+        if not t._requires_grad:
             raise RuntimeError("One of the differentiated Tensors does not require grad")
     grads = _seed_grads(outputs, grad_outputs, create_graph)
     if retain_graph is None:
         retain_graph = create_graph
-    targets = {id(_key(t)) for t in inputs}
-    found = run_backward([_key(o) for o in outputs], grads, targets, retain_graph, create_graph)
+    keys = [id(_key(t)) for t in inputs]
+    found = run_backward([_key(o) for o in outputs], grads, set(keys), retain_graph,
+                         create_graph)
     result = []
     for i, t in enumerate(inputs):
-        g = found.get(id(_key(t)))
+        g = found.get(keys[i])
         if g is None:
             if materialize_grads:
                 from .._creation import zeros_like

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .. import _device
+from .._device import CPU
 from . import _mode
 
 __all__ = ["Node", "run_backward"]
@@ -79,7 +81,8 @@ class Node:
             self.ans_tangent = None
             self.released = True
         elif self.inputs is not None:
-            self.inputs = tuple(Meta(t) if hasattr(t, "_dev") else t for t in self.inputs)
+            # tensors become Meta; a Meta (a node swept before) and non-tensors stay
+            self.inputs = tuple([Meta(t) if hasattr(t, "_data") else t for t in self.inputs])
 
 
 class Meta:
@@ -89,48 +92,66 @@ class Meta:
                  "_batch")
 
     def __init__(self, t):
-        self.shape, self.ndim = t.shape, t.ndim
+        full, nb = t._data.shape, t._nb
+        self.shape = full[nb:] if nb else full
+        self.ndim = len(self.shape)
         self.dtype = self._dtype = t._dtype
         self.device = self._dev = t._dev
-        self.requires_grad = t.requires_grad
-        self._nb = t._nb
-        self._batch = t._data.shape[0] if t._nb else 0
+        self.requires_grad = t._requires_grad
+        self._nb = nb
+        self._batch = full[0] if nb else 0
 
 
 def _toposort(roots, targets):
     """Nodes reachable from `roots` that lie on a path to a wanted gradient, in reverse
-    topological order (each node before every node it feeds), and each node's consumer count.
+    topological order (each node before every node it feeds), and for every node reached
+    whether it lies on such a path.
 
     `targets` is None for Tensor.backward (every leaf that requires grad is wanted) or a set
     of ids of the leaves and nodes whose gradients autograd.grad asked for.
     """
-    # Iterative post-order DFS; `needed` marks nodes with a path to a wanted gradient.
-    order, needed, seen = [], {}, set()
-    stack = [(r, False) for r in roots]
+    # Iterative post-order DFS: a node is finished (its `needed` entry set) once every node
+    # it feeds from has been; `needed` marks nodes with a path to a wanted gradient.
+    order, needed, expanded = [], {}, set()
+    stack = list(roots)
     while stack:
-        node, done = stack.pop()
-        if done:
-            want = targets is None or id(node) in targets
+        node = stack[-1]
+        nid = id(node)
+        if nid in needed:                  # reached twice: finished the first time
+            stack.pop()
+            continue
+        if nid not in expanded:
+            expanded.add(nid)
+            for e in node.edges:
+                if type(e) is Node and id(e) not in expanded:
+                    stack.append(e)
+            continue
+        stack.pop()
+        want = targets is None or nid in targets
+        if not want:
             for e in node.edges:
                 if e is None:
                     continue
                 if type(e) is Node:
-                    want = want or needed[id(e)]
-                elif targets is None or id(e) in targets:
+                    if needed[id(e)]:
+                        want = True
+                        break
+                elif id(e) in targets:
                     want = True
-            needed[id(node)] = want
+                    break
+        needed[nid] = want
+        if want:
             order.append(node)
-            continue
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.append((node, True))
-        for e in node.edges:
-            if type(e) is Node and id(e) not in seen:
-                stack.append((e, False))
     order.reverse()                       # post-order reversed: consumers before producers
-    keep = [n for n in order if needed[id(n)]]
-    return keep, needed
+    return order, needed
+
+
+_SECOND_SWEEP = (
+    "Trying to backward through the graph a second time (or directly access saved tensors "
+    "after they have already been freed). Saved intermediate values of the graph are freed "
+    "when you call .backward() or autograd.grad(). Specify retain_graph=True if you need to "
+    "backward through the graph a second time or if you need to access saved tensors after "
+    "calling backward.")
 
 
 def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=False,
@@ -142,11 +163,13 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
     Fan-out gradients are summed; each rule's result is summed back to its input's shape and
     dtype.
     """
-    batched = any(g._nb for g in grads)         # a vectorized sweep: the batch stays
+    batched = False                               # a vectorized sweep: the batch stays
     found = {}                                    # id -> [leaf or node, gradient]
     pending = {}                                  # id(node) -> [node, accumulated gradient]
     root_nodes = []
     for r, g in zip(roots, grads):
+        if g._nb:
+            batched = True
         if type(r) is Node:
             _accumulate(pending, r, g)
             root_nodes.append(r)
@@ -154,7 +177,7 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
             _accumulate(found, r, g)
     order, needed = _toposort(root_nodes, targets)
 
-    with _mode.set_grad_enabled(create_graph):
+    with _mode.set_grad_enabled(create_graph), _device.scope(grads[0]._dev if grads else CPU):
         for node in order:
             entry = pending.pop(id(node), None)
             if entry is None:
@@ -163,33 +186,35 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
             if targets is not None and id(node) in targets:
                 _accumulate(found, node, g)
             if node.released:
-                raise RuntimeError(
-                    "Trying to backward through the graph a second time (or directly access "
-                    "saved tensors after they have already been freed). Saved intermediate "
-                    "values of the graph are freed when you call .backward() or "
-                    "autograd.grad(). Specify retain_graph=True if you need to backward "
-                    "through the graph a second time or if you need to access saved tensors "
-                    "after calling backward.")
-            ans = node.op.unpack_ans(node)
+                raise RuntimeError(_SECOND_SWEEP)
+            op, inputs = node.op, node.inputs
+            ans = None if node.ans is None else op.unpack_ans(node)
             for i, e in enumerate(node.edges):
                 if e is None:
                     continue
                 if type(e) is Node:
-                    if not needed.get(id(e), False):
+                    if not needed[id(e)]:
                         continue
-                elif targets is not None and id(e) not in targets:
+                    store = pending
+                elif targets is None or id(e) in targets:
+                    store = found
+                else:
                     continue
-                rule = node.op.vjps[i]
+                rule = op.vjps[i]
                 if rule is None:
                     continue
-                x = node.inputs[i]
-                gi = rule(g, ans, *node.inputs, **node.params)
+                gi = rule(g, ans, *inputs, **node.params)
                 if gi is None:
                     continue
+                x = inputs[i]
                 if gi._nb != x._nb and not (batched and not x._nb) or \
                         gi.shape != x.shape or gi._dtype is not x._dtype:
                     gi = _sum_to(gi, x, batched)
-                _accumulate(pending if type(e) is Node else found, e, gi)
+                acc = store.get(id(e))             # _accumulate, inline: once per edge
+                if acc is None:
+                    store[id(e)] = [e, gi]
+                else:
+                    acc[1] = acc[1] + gi
             if not retain_graph:
                 node.release()
     if leaves:

@@ -7,12 +7,16 @@ import threading
 
 __all__ = ["no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled"]
 
-_state = threading.local()
+class _State(threading.local):
+    enabled = True                     # a new thread starts with grad enabled
+
+
+_state = _State()
 
 
 def is_grad_enabled() -> bool:
     """Same as `torch.is_grad_enabled`."""
-    return getattr(_state, "enabled", True)
+    return _state.enabled
 
 
 def _set(mode: bool) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import operator
 import os
@@ -26,6 +28,24 @@ def _as_tuple(x, arg_name, fn_name):
                 f"The {arg_name} given to {fn_name} must be either a Tensor or a tuple of "
                 f"Tensors but the {where} has type {type(el)}.")
     return is_tuple, items
+
+
+def _one_scope(fn):
+    """Run a functional inside one compute scope of its inputs' device (_device.scope), so
+    the ops of the call enter no error-state or device context of their own."""
+    @functools.wraps(fn)
+    def wrapper(func, inputs, *args, **kwargs):
+        first = inputs
+        if isinstance(inputs, tuple):
+            first = inputs[0] if inputs else None
+        if not isinstance(first, Tensor):      # bad inputs: the functional raises
+            return fn(func, inputs, *args, **kwargs)
+        with _device.scope(first._dev):
+            return fn(func, inputs, *args, **kwargs)
+    return wrapper
+
+
+_NO_CHANGE = contextlib.nullcontext()
 
 
 def _check_func(func, fn_name):
@@ -58,8 +78,8 @@ def _grad_preprocess(inputs, create_graph, need_graph, fn_name=None):
 def _grad_postprocess(items, create_graph):
     if create_graph:
         return items
-    return tuple(t.detach() if isinstance(t, Tensor) else _grad_postprocess(t, False)
-                 for t in items)
+    return tuple([t.detach() if isinstance(t, Tensor) else _grad_postprocess(t, False)
+                  for t in items])
 
 
 def _validate_v(v, other, is_other_tuple):
@@ -73,7 +93,7 @@ def _validate_v(v, other, is_other_tuple):
         if el_v.shape != el_o.shape:
             raise RuntimeError(f"{prepend}v has invalid size: should be "
                                f"{_size(el_o.shape)} but got {_size(el_v.shape)}.")
-        if el_v.device != el_o.device:
+        if el_v._dev is not el_o._dev and el_v._dev != el_o._dev:
             raise RuntimeError(f"{prepend}v is on device {el_v.device} but the output it "
                                f"pairs with is on {el_o.device}.")
 
@@ -113,11 +133,13 @@ def _check_requires_grad(items, strict, kind="outputs"):
 
 def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=None):
     """autograd.grad over the outputs that exist and require grad, None for unused inputs."""
-    pairs = [(o, g) for o, g in zip(outputs, grad_outputs or (None,) * len(outputs))
-             if o is not None and o.requires_grad]
-    if not pairs:
-        return (None,) * len(inputs)
-    outs, gs = zip(*pairs)
+    outs, gs = outputs, grad_outputs
+    if not outputs or not all([o is not None and o._requires_grad for o in outputs]):
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs or (None,) * len(outputs))
+                 if o is not None and o._requires_grad]
+        if not pairs:
+            return (None,) * len(inputs)
+        outs, gs = zip(*pairs)
     return grad(outs, inputs, gs, retain_graph=retain_graph, create_graph=create_graph,
                 allow_unused=True)
 
@@ -139,12 +161,12 @@ _INDEPENDENT_MSG = {
 
 
 def _fill_in_zeros(grads, refs, strict, create_graph, stage="back"):
-    from .._creation import zeros_like
     res = []
     for i, g in enumerate(grads):
         if g is None:
             if strict:
                 raise RuntimeError(_INDEPENDENT_MSG[stage].format(i=i))
+            from .._creation import zeros_like
             g = zeros_like(refs[i])
         elif strict and create_graph and not g.requires_grad:
             what = "hessian" if "double" in stage else "jacobian"
@@ -167,6 +189,7 @@ def _unpack2(res, is_outer_tuple, is_inner_tuple):
 
 
 # ----- vjp -------------------------------------------------------------------------------------
+@_one_scope
 def vjp(func, inputs, v=None, create_graph=False, strict=False):
     """Same as `torch.autograd.functional.vjp`."""
     _check_func(func, "vjp")
@@ -179,19 +202,23 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
         _check_requires_grad(outputs, strict)
         if v is not None:
             _, v = _as_tuple(v, "v", "vjp")
-            v = _grad_preprocess(v, create_graph, need_graph=False)
+            if create_graph:          # without, the sweep records nothing: v is used as is
+                v = _grad_preprocess(v, create_graph, need_graph=False)
             _validate_v(v, outputs, is_outputs_tuple)
         elif len(outputs) != 1 or outputs[0].numel() != 1:
             raise RuntimeError("The vector v can only be None if the user-provided function "
                                "returns a single Tensor with a single element.")
-    with _mode.set_grad_enabled(True if create_graph else _mode.is_grad_enabled()):
+    # without create_graph the sweep runs in the caller's grad mode, as in PyTorch
+    with _mode.enable_grad() if create_graph else _NO_CHANGE:
         grads = _autograd_grad(outputs, inputs, v, create_graph)
         result = _fill_in_zeros(grads, inputs, strict, create_graph)
+    # grad() returns new tensors, detached unless create_graph: only the outputs need it
     return (_unpack(_grad_postprocess(outputs, create_graph), is_outputs_tuple),
-            _unpack(_grad_postprocess(result, create_graph), is_inputs_tuple))
+            _unpack(result, is_inputs_tuple))
 
 
 # ----- jvp -------------------------------------------------------------------------------------
+@_one_scope
 def jvp(func, inputs, v=None, create_graph=False, strict=False):
     """Same as `torch.autograd.functional.jvp`."""
     return _jvp_impl(func, inputs, v, create_graph, strict)
@@ -399,6 +426,7 @@ def _device_of(*groups):
 _STRATEGIES = ("forward-mode", "reverse-mode", "auto")
 
 
+@_one_scope
 def jacobian(func, inputs, create_graph=False, strict=False, vectorize=False,
              strategy="reverse-mode", chunk_size=None):
     """Same as `torch.autograd.functional.jacobian`; also `strategy="auto"` (with vectorize=True,
@@ -558,6 +586,7 @@ def _jacfwd_vectorized(func, inputs, chunk_size):
 
 
 # ----- hessian, vhp, hvp ------------------------------------------------------------------------
+@_one_scope
 def hessian(func, inputs, create_graph=False, strict=False, vectorize=False,
             outer_jacobian_strategy="reverse-mode"):
     """Same as `torch.autograd.functional.hessian`."""
@@ -609,6 +638,7 @@ def _scalar_output(func, inputs, v, create_graph, strict, fn_name):
     return is_inputs_tuple, inputs, v, outputs, jac
 
 
+@_one_scope
 def vhp(func, inputs, v=None, create_graph=False, strict=False):
     """Same as `torch.autograd.functional.vhp`."""
     _check_func(func, "vhp")
@@ -622,6 +652,7 @@ def vhp(func, inputs, v=None, create_graph=False, strict=False):
             _unpack(_grad_postprocess(result, create_graph), is_inputs_tuple))
 
 
+@_one_scope
 def hvp(func, inputs, v=None, create_graph=False, strict=False):
     """Same as `torch.autograd.functional.hvp` (by the double-backward trick, like PyTorch)."""
     from .._creation import zeros_like

@@ -20,6 +20,10 @@ SAME = "same"          # inputs promoted together (PyTorch's result_type), outpu
 FLOAT = "float"        # like SAME, then integers and bool go to the default float dtype
 KEEP = "keep"          # inputs used as they are (shape ops, casts, indexing)
 
+# The category (as _dtype's: bool < int < float) of each Python scalar type NumPy and CuPy
+# treat as weak. Other scalars (NumPy's) go through result_type.
+_SCALAR_KIND = {bool: 0, int: 1, float: 2}
+
 
 class Op:
     """A differentiable primitive: forward on arrays, one vjp rule per positional input."""
@@ -71,7 +75,7 @@ def _ufunc_impl(ufunc):
     name = ufunc.__name__
 
     def impl(xp, *arrays):
-        return getattr(xp, name)(*arrays)
+        return (ufunc if xp is np else getattr(xp, name))(*arrays)
     impl.__name__ = name
     return impl
 
@@ -113,63 +117,87 @@ def fused(name, family, in_params, out_params, twin, public=None, **kw):
 
 # ----- apply: the hot path every op call goes through ---------------------------------
 def apply(op, args, params):
-    tensors = []
+    # One pass over the arguments gathers everything later steps ask about, so that neither
+    # promotion nor node building looks at them again unless something is unusual.
     dev = None
     nb = 0
     dual = False
+    needs_grad = False
+    mixed = False                 # tensors of several dtypes or devices, or unusual scalars
+    dt0 = None                    # the first tensor's dtype
+    kind = -1                     # highest category of the Python scalars (bool < int < float)
+    arrays = []                   # the arguments with each tensor's backing array
+    pending = False               # some array is still a Pending expression
     for a in args:
         if isinstance(a, Tensor):
-            tensors.append(a)
+            d = a._data
+            arrays.append(d)
+            if type(d) is Pending:
+                pending = True
             if dev is None:
-                dev = a._dev
-            elif a._dev is not dev and a._dev != dev:
-                dev = _reconcile(op, tensors)
+                dev, dt0 = a._dev, a._dtype
+            elif a._dtype is not dt0 or a._dev is not dev:
+                mixed = True
+                if a._dev is not dev and a._dev != dev:
+                    dev = _reconcile(op, [t for t in args if isinstance(t, Tensor)])
             if a._nb:
                 nb = a._nb
             if a._tangent is not None:
                 dual = True
+            if a._requires_grad:
+                needs_grad = True
+        else:
+            arrays.append(a)
+            k = _SCALAR_KIND.get(type(a))
+            if k is None:
+                mixed = mixed or a is not None
+            elif k > kind:
+                kind = k
     if dev is None:
         raise TypeError(f"{op.name}() expects at least one Tensor argument")
 
-    if op.promote is not KEEP:
-        args = _promote(op, args, tensors, dev)
+    # Weak Python scalars of a category no higher than the tensors' never change the dtype
+    # (PyTorch's rule), so the common case needs no result_type.
+    if op.promote is not KEEP and (mixed or kind > dt0.category or
+                                   (op.promote is FLOAT and not dt0.is_floating_point)):
+        promoted = _promote(op, args, [a for a in args if isinstance(a, Tensor)], dev)
+        if promoted is not args:
+            args, pending = promoted, True
     gpu = dev.type != "cpu"
-    if op.takes_pending and gpu and not nb:
-        arrays = [a._data if isinstance(a, Tensor) else a for a in args]
-    else:
-        arrays = [a._array() if isinstance(a, Tensor) else a for a in args]
+    if pending:                    # a Pending input, or inputs recast: gather the arrays again
+        if op.takes_pending and gpu and not nb:
+            arrays = [a._data if isinstance(a, Tensor) else a for a in args]
+        else:
+            arrays = [a._array() if isinstance(a, Tensor) else a for a in args]
     try:
         if nb:
             out = _batched(op, args, arrays, params, dev)
         elif op.lazy and gpu:
             out = Pending(op, arrays[0])
         elif not gpu:
-            with np.errstate(all="ignore"):    # nan and inf propagate silently, as PyTorch
+            with _device.compute(dev):         # nan and inf propagate silently, as PyTorch
                 out = op.impl(np, *arrays, **params)
             if type(out) is not np.ndarray and not op.moves_device:
                 out = np.asarray(out)
         else:
-            with _device.use(dev):
+            with _device.compute(dev):
                 out = (op.gpu or op.impl)(_device.cupy_module(), *arrays, **params)
     except ValueError as exc:
-        raise _explain(op, tensors, exc) from None
-    dt = op.out_dtype or _dtype.from_numpy_dtype(out.dtype)
+        raise _explain(op, [a for a in args if isinstance(a, Tensor)], exc) from None
+    dt = op.out_dtype or (dt0 if out.dtype is dt0.np else _dtype.from_numpy_dtype(out.dtype))
     if op.moves_device:
         dev = params["device"]
 
     node = None
-    if op.differentiable and _mode.is_grad_enabled():
-        edges = None
-        for i, a in enumerate(args):
-            if isinstance(a, Tensor) and a._requires_grad:
-                if edges is None:
-                    edges = [None] * len(args)
-                edges[i] = a._node if a._node is not None else a
-        if edges is not None:
-            if op.vjps is None:
-                raise RuntimeError(f"the derivative for '{op.name}' is not implemented")
-            node = Node(op, tuple(args), params, tuple(edges),
-                        out if op.saves_ans else None, (out.shape[nb:], dt, dev))
+    if needs_grad and op.differentiable and _mode.is_grad_enabled():
+        if op.vjps is None:
+            raise RuntimeError(f"the derivative for '{op.name}' is not implemented")
+        # promotion may have put a cast in front of an input: edges follow the promoted args
+        edges = tuple([(a if a._node is None else a._node)
+                       if isinstance(a, Tensor) and a._requires_grad else None for a in args])
+        node = Node(op, args if type(args) is tuple else tuple(args), params, edges,
+                    out if op.saves_ans else None,
+                    (out.shape[nb:] if nb else out.shape, dt, dev))
     result = Tensor._make(out, dev, dt, node)
     if nb:
         result._nb = nb

@@ -19,17 +19,16 @@ from .unary import abs_, sign, zeros_like_
 
 def _acc_dtype(a):
     """float16 sums accumulate in float32 (PyTorch); integers and bool sum to int64."""
-    if a.dtype == np.float16:
-        return np.float32
-    if a.dtype.kind in "bi":
+    dt = a.dtype                 # compared by kind and char: `dt == np.float16` converts
+    if dt.kind in "bi":
         return np.int64
-    return None
+    return np.float32 if dt.char == "e" else None
 
 
 def _sum_impl(xp, x, dim, keepdim):
     acc = _acc_dtype(x)
-    out = xp.sum(x, axis=dim, keepdims=keepdim, dtype=acc)
-    if x.dtype == np.float16:
+    out = x.sum(axis=dim, keepdims=keepdim, dtype=acc)      # the method: no dispatch layer
+    if acc is np.float32:                                    # float16, accumulated in float32
         out = out.astype(np.float16)
     return out
 
@@ -48,8 +47,8 @@ def keep(g, dims, keepdim, shape):
     """Re-insert the reduced dims of `g` (size 1), so the graph can expand it to `shape`."""
     if keepdim or not dims:
         return g
-    kshape = tuple(1 if i in dims else s for i, s in enumerate(shape))
-    return _shape.reshape_(g, shape=kshape)
+    kshape = tuple([1 if i in dims else s for i, s in enumerate(shape)])
+    return _shape.view_op(_shape.reshape_, g, kshape)
 
 
 # ----- sum -------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ import operator
 import numpy as np
 
 from .. import _device, _dtype
+from .._tensor import Tensor
+from ..autograd import _mode
 from . import _kernels
 from . import reduce as _reduce
 from ..autograd._forward import deflinear
@@ -53,6 +55,27 @@ def to_device(x, device):
     return to_device_(x, device=device)
 
 
+# ----- views that record nothing ----------------------------------------------------------
+def _records(x):
+    """Whether an op on `x` would record anything: a node (grad mode on), a batch dim or a
+    tangent to carry. A first-order sweep runs with grad mode off: its cotangents record
+    nothing."""
+    return x._nb or x._tangent is not None or _mode.is_grad_enabled()
+
+
+def view_op(op, x, shape):
+    """`op(x, shape=shape)` for a view op (reshape, expand). Where nothing would be recorded
+    the view is taken on the array directly: no op runs and no node is built."""
+    if _records(x):
+        return op(x, shape=shape)
+    return _plain_view(op, x, shape)
+
+
+def _plain_view(op, x, shape):
+    xp = np if x._dev.type == "cpu" else _device.cupy_module()
+    return Tensor._make(op.impl(xp, x._array(), shape=shape), x._dev, x._dtype, None)
+
+
 # ----- sum_to: where broadcasting is undone, once for every rule -----------------------
 def sum_to(g, shape, dtype):
     """Sum `g` over the dims that broadcasting added to reach `shape`, expand it where a rule
@@ -62,15 +85,17 @@ def sum_to(g, shape, dtype):
     gs = g.shape
     if gs != shape:
         lead = len(gs) - len(shape)
-        if lead >= 0 and all(n == 1 or gs[lead + i] == n for i, n in enumerate(shape)):
-            dims = tuple(range(lead)) + tuple(
-                lead + i for i, n in enumerate(shape) if n == 1 and gs[lead + i] != 1)
+        if lead >= 0 and all([n == 1 or gs[lead + i] == n for i, n in enumerate(shape)]):
+            dims = tuple(range(lead)) + tuple([
+                lead + i for i, n in enumerate(shape) if n == 1 and gs[lead + i] != 1])
             if dims:
                 g = _reduce.sum_op(g, dim=dims, keepdim=True)
             if g.shape != shape:
-                g = reshape_(g, shape=shape)
-        else:
+                g = view_op(reshape_, g, shape)
+        elif _records(g):
             g = expand(g, *shape)
+        else:                                      # a cotangent broadcast back: a view
+            g = _plain_view(expand_, g, shape)
     if g._dtype is not dtype:
         g = to_dtype(g, dtype)
     return g
@@ -105,7 +130,7 @@ def reshape(input, *shape):
     shape = _infer(norm_shape(shape, "shape"), input.numel())
     if shape == input.shape:
         return input if not input.requires_grad else reshape_(input, shape=shape)
-    return reshape_(input, shape=shape)
+    return view_op(reshape_, input, shape)
 
 
 view = reshape
@@ -191,7 +216,27 @@ def squeeze(input, dim=None):
 
 
 # ----- expand / broadcast_to ---------------------------------------------------------------
-expand_ = defop("expand", lambda xp, x, shape: xp.broadcast_to(x, shape), promote=KEEP,
+def _broadcast(xp, x, shape):
+    """xp.broadcast_to(x, shape). For a contiguous NumPy array the same read-only view is
+    made from its strides directly: np.broadcast_to's generic path costs several times the
+    whole of a tiny op, and every cotangent broadcast back takes this path."""
+    lead = len(shape) - x.ndim
+    if xp is not np or lead < 0 or not x.flags.c_contiguous or not x.size:
+        return xp.broadcast_to(x, shape)
+    strides = [0] * lead
+    for n, m, st in zip(x.shape, shape[lead:], x.strides):
+        if n == m:
+            strides.append(st)
+        elif n == 1:
+            strides.append(0)
+        else:                                          # not broadcastable: NumPy's error
+            return xp.broadcast_to(x, shape)
+    out = np.ndarray(shape, x.dtype, x, 0, tuple(strides))
+    out.flags.writeable = False
+    return out
+
+
+expand_ = defop("expand", _broadcast, promote=KEEP,
                 saves_ans=False, saves_inputs=False)
 defvjp(expand_, lambda g, ans, x, shape: g)           # sum_to undoes the broadcast
 deflinear(expand_)
@@ -223,7 +268,7 @@ def expand(input, *sizes):
     out = tuple(out)
     if out == shp:
         return input
-    return expand_(input, shape=out)
+    return view_op(expand_, input, out)
 
 
 def broadcast_to(input, size):

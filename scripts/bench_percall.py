@@ -1,0 +1,239 @@
+"""Per-call host cost of a tiny vjp (W4: adder (2,), exp_reducer 4x4) against PyTorch.
+
+For each device, the same NumPy data feeds `gpuvjp.vjp` and `torch.autograd.functional.vjp`
+(on cuda: torch eager on its GPU, when torch has one). Values and vjps are checked against
+torch (rtol 1e-6, float64) before timing. The two libraries take turns call by call over
+`--calls` (>= 1000) calls after warm-up, each call synchronized on a GPU, and the table gives
+the ratio of the medians (gpuvjp / torch; <= 0.5 is the target). Two more columns show where
+the time goes:
+- host launch: the median host cost of launching an empty CuPy kernel plus a synchronize
+  (cuda only), so that a slow host or driver is visible next to the figures it inflates;
+- gpuvjp python: gpuvjp's own Python time per call: the median times the share of the self
+  time spent in functions of the gpuvjp package under cProfile, so NumPy, CuPy and the CUDA
+  runtime are left out (cProfile charges its overhead to Python calls, so the share leans
+  high), and the number of gpuvjp function calls per vjp.
+
+    python3 scripts/bench_vjp.py --per-call [--device cpu|cuda|all] [--calls N] [--out FILE]
+"""
+
+import argparse
+import cProfile
+import datetime
+import os
+import platform
+import pstats
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+try:
+    import gpuvjp as gv
+except ImportError:     # run from a source tree without PYTHONPATH: use that tree
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import gpuvjp as gv
+
+import torch
+
+WARMUP = 200
+PROFILED = 500          # calls under cProfile for the python column
+
+
+# ----- W4: the two tiny workloads, written once for both modules --------------------------
+def adder(m, x, y):
+    return 2 * x + 3 * y
+
+
+def exp_reducer(m, x):
+    return x.exp().sum(dim=1)
+
+
+def cases(rng):
+    """name, shape, function, inputs, cotangent (NumPy, float64)."""
+    return [("adder", "2", adder, [rng.standard_normal(2), rng.standard_normal(2)],
+             rng.standard_normal(2)),
+            ("exp_reducer", "4x4", exp_reducer, [rng.standard_normal((4, 4))],
+             rng.standard_normal(4))]
+
+
+# ----- the calls timed -----------------------------------------------------------------------
+def gv_call(fn, xs, v):
+    f = lambda *a: fn(gv, *a)                                   # noqa: E731
+    inputs = tuple(xs)
+    return lambda: gv.autograd.functional.vjp(f, inputs, v)
+
+
+def torch_call(fn, xs, v):
+    f = lambda *a: fn(torch, *a)                                # noqa: E731
+    inputs = tuple(xs)
+    return lambda: torch.autograd.functional.vjp(f, inputs, v)
+
+
+def check(got, want):
+    """gpuvjp's (outputs, vjp) against torch's."""
+    flat_g = [got[0], *got[1]]
+    flat_w = [want[0], *want[1]]
+    for g, w in zip(flat_g, flat_w):
+        np.testing.assert_allclose(g.cpu().numpy(), w.detach().cpu().numpy(), rtol=1e-6)
+
+
+def interleaved(calls, n, sync):
+    """Median seconds of each call over n turns, the calls alternating."""
+    times = [[] for _ in calls]
+    clock = time.perf_counter
+    for _ in range(n):
+        for c, ts in zip(calls, times):
+            sync()
+            t0 = clock()
+            c()
+            sync()
+            ts.append(clock() - t0)
+    return [statistics.median(ts) for ts in times]
+
+
+def own_python(call):
+    """(share of gpuvjp's own Python in a call's time, gpuvjp function calls per call).
+
+    The share is the self time of the functions defined in the gpuvjp package over the self
+    time of everything, under cProfile: NumPy, CuPy, the CUDA runtime and the interpreter's
+    builtins are the rest."""
+    root = os.path.dirname(os.path.abspath(gv.__file__))
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(PROFILED):
+        call()
+    prof.disable()
+    own = total = 0.0
+    ncalls = 0
+    for (filename, _, _), (_, nc, tt, _, _) in pstats.Stats(prof).stats.items():
+        total += tt
+        if os.path.abspath(filename).startswith(root):
+            own += tt
+            ncalls += nc
+    return own / total, ncalls / PROFILED
+
+
+def empty_launch(n):
+    """Median host seconds of an empty CuPy kernel launch plus a device synchronize."""
+    import cupy
+    kernel = cupy.RawKernel('extern "C" __global__ void gv_empty() {}', "gv_empty")
+    stream = cupy.cuda.get_current_stream()
+    for _ in range(10):
+        kernel((1,), (1,), ())
+    stream.synchronize()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        kernel((1,), (1,), ())
+        stream.synchronize()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+# ----- one device ----------------------------------------------------------------------------
+def run_device(device, n):
+    rng = np.random.default_rng(0)
+    tdev = device if device == "cpu" or torch.cuda.is_available() else None
+    if device == "cpu":
+        sync = lambda: None                                     # noqa: E731
+        launch = None
+    else:
+        import cupy
+
+        def sync():
+            cupy.cuda.get_current_stream().synchronize()
+            if tdev is not None:
+                torch.cuda.synchronize()
+        launch = empty_launch(n)
+    rows = []
+    for name, shape, fn, xs, v in cases(rng):
+        gxs = [gv.tensor(a, device=device) for a in xs]
+        gvv = gv.tensor(v, device=device)
+        txs = [torch.tensor(a, device=tdev or "cpu") for a in xs]
+        tv = torch.tensor(v, device=tdev or "cpu")
+        gcall, tcall = gv_call(fn, gxs, gvv), torch_call(fn, txs, tv)
+        check(gcall(), tcall())
+        for _ in range(WARMUP):
+            gcall()
+            tcall()
+        gmed, tmed = interleaved([gcall, tcall], n, sync)
+        share, ncalls = own_python(gcall)
+        rows.append((name, device, shape, gmed, tmed, launch, share * gmed, ncalls,
+                     "cpu" if tdev is None else tdev))
+    return rows
+
+
+def git_commit():
+    commit = os.environ.get("GPUVJP_COMMIT")
+    if commit:
+        return commit[:7]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=os.path.dirname(os.path.abspath(gv.__file__)),
+                              timeout=10).stdout.strip() or "none"
+    except (OSError, subprocess.SubprocessError):
+        return "none"
+
+
+def us(seconds):
+    return "-" if seconds is None else f"{seconds * 1e6:.1f} us"
+
+
+def gpu_name():
+    import cupy
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"]
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def table(rows, n, devices):
+    lines = [
+        "# Per-call host cost: W4, one vjp call, median of interleaved calls",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; commit "
+        f"{git_commit()}; python {platform.python_version()}; {n} interleaved calls per "
+        "library",
+        f"- versions: gpuvjp {getattr(gv, '__version__', '?')}, numpy {np.__version__}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} thread)",
+        f"- host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        + (f"; cuda: {gpu_name()}" if "cuda" in devices else ""),
+        "- ratio = gpuvjp median / torch median (target <= 0.5); host launch = empty CuPy "
+        "kernel + sync; gpuvjp python = median x gpuvjp's share of self time under cProfile",
+        "",
+        "| workload | device | shape | gpuvjp | torch | torch device | ratio | host launch "
+        "| gpuvjp python | gpuvjp calls |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for name, device, shape, g, t, launch, own, ncalls, tdev in rows:
+        lines.append(f"| {name} | {device} | {shape} | {us(g)} | {us(t)} | {tdev} | "
+                     f"{g / t:.2f} | {us(launch)} | {us(own)} | {ncalls:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--per-call", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    p.add_argument("--calls", type=int, default=2000, help="interleaved calls (>= 1000)")
+    p.add_argument("--out", help="also write the markdown table to this file")
+    args = p.parse_args(argv)
+    if args.calls < 1000:
+        p.error("--calls must be at least 1000")
+    torch.set_num_threads(1)
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if "cuda" in devices and not gv.cuda.is_available():
+        if args.device == "cuda":
+            sys.exit("no CUDA GPU visible to CuPy")
+        devices.remove("cuda")
+    rows = [r for d in devices for r in run_device(d, args.calls)]
+    text = table(rows, args.calls, devices)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
