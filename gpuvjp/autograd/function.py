@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import inspect
 import types
+import weakref
 
 import numpy as np
 
@@ -54,7 +55,8 @@ class FunctionCtx:
         self.materialize_grads = True
         self._to_save = None             # save_for_backward's tensors, before the node exists
         self._for_forward = None         # save_for_forward's tensors
-        self._node = None                # the node once recorded: the saved tensors live there
+        self._node = None                # weakref to the node once recorded: the saved
+        #                                  tensors live there, freed with it
         self._in_jvp = False
         self._dirty = ()
         self._non_differentiable = ()
@@ -79,11 +81,11 @@ class FunctionCtx:
     def saved_tensors(self):
         if self._in_jvp and self._for_forward is not None:
             return self._for_forward
-        node = self._node
+        node = self._node() if self._node is not None else None
         if node is not None and node.op.holds_saved:
             if node.released:
                 raise RuntimeError(_FREED)
-            return node.ans
+            return tuple(t.unpack(node) if type(t) is _SavedOutput else t for t in node.ans)
         return self._to_save or ()
 
     def mark_dirty(self, *args):
@@ -107,6 +109,24 @@ _FREED = ("Trying to backward through the graph a second time (or directly acces
           "are freed when you call .backward() or autograd.grad(). Specify retain_graph=True if "
           "you need to backward through the graph a second time or if you need to access saved "
           "tensors after calling backward.")
+
+
+class _SavedOutput:
+    """A saved output, held without its history (the node holds it: no reference cycle) and
+    given it back when read, so a backward that uses it differentiates through the node."""
+
+    __slots__ = ("value", "select")
+
+    def __init__(self, value):
+        self.value = value
+        self.select = None               # weakref to the output's own node (several outputs)
+
+    def unpack(self, node):
+        t = self.value.detach()
+        owner = node if self.select is None else self.select()
+        if owner is not None:
+            t._node, t._requires_grad = owner, True
+        return t
 
 
 # ----- wrapping what user code returns ----------------------------------------------------------
@@ -515,6 +535,13 @@ def _record(cls, ctx, args, outs, diff):
     saved = ctx._to_save or ()
     inputs = {id(a) for a in args if isinstance(a, Tensor)}
     holds = any(t is not None and id(t) not in inputs for t in saved)
+    as_output = {id(o): k for k, (o, d) in enumerate(zip(outs, diff)) if d}
+    saved_outputs = {}
+    if holds:
+        saved = tuple(_SavedOutput(t.detach()) if t is not None and id(t) in as_output else t
+                      for t in saved)
+        saved_outputs = {as_output[id(t)]: s for t, s in zip(ctx._to_save, saved)
+                         if type(s) is _SavedOutput}
     metas = [(o.shape, o._dtype, o._dev) if isinstance(o, Tensor) else None for o in outs]
     app = _Application(cls, ctx, len(args), metas)
     op = _make_op(app, len(args), holds)
@@ -525,7 +552,7 @@ def _record(cls, ctx, args, outs, diff):
     first = next(o for o, d in zip(outs, diff) if d)
     meta = (first.shape, first._dtype, first._dev) if single else ((), first._dtype, first._dev)
     node = Node(op, tuple(args), {}, edges, saved if holds else None, meta)
-    ctx._node = node
+    ctx._node = weakref.ref(node)
     if holds:
         ctx._to_save = None
     if single:
@@ -537,6 +564,8 @@ def _record(cls, ctx, args, outs, diff):
         if d:
             o._node = Node(sel, (pack,), {"k": k}, (node,), None, (o.shape, o._dtype, o._dev))
             o._requires_grad = True
+            if k in saved_outputs:
+                saved_outputs[k].select = weakref.ref(o._node)
 
 
 def _apply_batched(cls, args):

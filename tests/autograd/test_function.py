@@ -3,6 +3,9 @@ both ways, jacobian both ways, hessian, gradcheck, ctx, every error), user CuPy 
 
 from __future__ import annotations
 
+import pathlib
+import re
+
 import numpy as np
 import pytest
 
@@ -657,11 +660,70 @@ def test_dlpack_with_numpy_is_zero_copy():
     t.__dlpack__(stream=None)                       # the host takes no stream but None
 
 
-# ----- GPU: users' CuPy kernels and zero-copy interop (need a real GPU) --------------------------
+# ----- users' kernels: compiled through NVRTC here, run on a GPU ---------------------------------
+DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "custom_kernels.md"
+
+
+def _doc_python():
+    return re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
+
+
+def _user_kernel_sources():
+    doc = re.search(r'SOURCE = r"""(.*?)"""', _doc_python(), re.S).group(1)
+    return [(doc, "softclip"), (SQUARE_SRC, "user_square")]
+
+
+def test_user_kernels_compile_with_nvrtc():
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc",
+                                reason="CuPy is not installed (pip install -e .[test])")
+    for src, name in _user_kernel_sources():
+        prog = nvrtc.createProgram(src, f"{name}.cu", [], [])
+        try:
+            try:
+                nvrtc.compileProgram(prog, ["--std=c++17"])
+            except nvrtc.NVRTCError:
+                pytest.fail(f"{name} does not compile:\n{nvrtc.getProgramLog(prog)}")
+        finally:
+            nvrtc.destroyProgram(prog)
+
+
+def _user_twins():
+    """NumPy twins of the user kernels below, for an emulated CuPy (which computes every kernel
+    through the twin registered under its name)."""
+    from gpuvjp.ops import _kernels
+    register = getattr(_kernels, "register_twin", None)
+    if register is None:
+        return
+
+    def softclip(grid, block, args, shared_mem=0):
+        x, y, dy, n = args
+        d = 1.0 + np.abs(x)
+        y[...], dy[...] = x / d, 1.0 / (d * d)
+
+    def square(grid, block, args, shared_mem=0):
+        x, y, n = args
+        y[...] = x * x
+    register("softclip", softclip)
+    register("user_square", square)
+    register("user_twice_mul", lambda x, g: 2 * x * g)
+
+
 @pytest.fixture
 def cupy():
     cp = pytest.importorskip("cupy")
+    _user_twins()
     return cp
+
+
+@pytest.mark.gpu
+def test_the_worked_example_runs(cupy):
+    ns = {}
+    exec(compile(_doc_python(), str(DOC), "exec"), ns)        # noqa: S102  (our own docs)
+    x = ns["x"].numpy()
+    close(ns["y"], x / (1 + np.abs(x)))
+    close(ns["gx"], 1 / (1 + np.abs(x)) ** 2)
+    close(ns["g"], 1 / (1 + np.abs(x)) ** 2)
+    close(ns["jac"], np.diag(1 / (1 + np.abs(x[:8])) ** 2))
 
 
 SQUARE_SRC = r"""
@@ -742,3 +804,56 @@ def test_jax_zero_copy():
     u = gv.tensor([1.0, 2.0], device="cuda")
     k = jax.dlpack.from_dlpack(u)
     assert k.unsafe_buffer_pointer() == cp.asarray(u).data.ptr
+
+
+def test_a_function_graph_is_freed_by_reference_counting():
+    import gc
+    import weakref
+    gc.disable()
+    try:
+        x = gv.tensor([1.0, 2.0], requires_grad=True)
+        y = NpExp.apply(x)
+        node = weakref.ref(y.grad_fn)
+        close(gv.autograd.grad(y.sum(), x, create_graph=True)[0], np.exp([1.0, 2.0]))
+        del y
+        assert node() is None                       # no cycle through ctx or saved outputs
+    finally:
+        gc.enable()
+
+
+class SavedExp(gv.autograd.Function):
+    """y = exp(x), saving its output; a backward of gpuvjp ops differentiates through it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.exp()
+        ctx.save_for_backward(y)
+        return y, x * 2
+
+    @staticmethod
+    def backward(ctx, gy, g2):
+        (y,) = ctx.saved_tensors
+        return gy * y + g2 * 2
+
+
+class TSavedExp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = x.exp()
+        ctx.save_for_backward(y)
+        return y, x * 2
+
+    @staticmethod
+    def backward(ctx, gy, g2):
+        (y,) = ctx.saved_tensors
+        return gy * y + g2 * 2
+
+
+def test_hessian_through_a_saved_output(rng):
+    x = data(rng, 3)
+    got = gv.hessian(lambda t: (SavedExp.apply(t)[0] ** 2).sum() + SavedExp.apply(t)[1].sum(),
+                     gv.tensor(x))
+    want = torch.autograd.functional.hessian(
+        lambda t: (TSavedExp.apply(t)[0] ** 2).sum() + TSavedExp.apply(t)[1].sum(),
+        torch.tensor(x))
+    close(got, want)
