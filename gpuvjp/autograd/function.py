@@ -144,16 +144,6 @@ def _wrap(a):
     return a
 
 
-def _same_memory(a, b):
-    """Whether two tensors are views of one buffer (a Function returning a view of its input)."""
-    if a._dev != b._dev:
-        return False
-    x, y = a._array(), b._array()
-    if a._dev.type == "cpu":
-        return np.shares_memory(x, y)
-    return _device.cupy_module().shares_memory(x, y)
-
-
 # ----- multiple outputs -------------------------------------------------------------------------
 class _Pack:
     """The hidden value between a Function's node and its outputs' nodes: only the metadata
@@ -232,15 +222,19 @@ class _Application:
             out.append(gk)
         return out
 
-    def _backward(self, g, inputs):
+    def _backward(self, g, inputs, wanted=None):
+        """The user's backward for the gradient `g`: one gradient per input, None where
+        `wanted` (default: the inputs that require grad) is False."""
+        if wanted is None:
+            wanted = [hasattr(x, "_dev") and x.requires_grad for x in inputs]   # or Meta
         grads = self._output_grads(g)
         batched = any(isinstance(t, Tensor) and t._nb for t in grads)
         if batched and not _has_batch_rule(self.cls):
-            return _per_sample(lambda *gs: self._call_backward(gs, inputs), grads,
+            return _per_sample(lambda *gs: self._call_backward(gs, inputs, wanted), grads,
                                self.n_inputs)
-        return self._call_backward(grads, inputs)
+        return self._call_backward(grads, inputs, wanted)
 
-    def _call_backward(self, grads, inputs):
+    def _call_backward(self, grads, inputs, wanted):
         res = self.cls.backward(self.ctx, *grads)
         res = res if isinstance(res, tuple) else (res,)
         n = self.n_inputs
@@ -250,13 +244,13 @@ class _Application:
                                    f"of gradients (expected {n}, got {len(res)})")
             res = res[:n]
         out = []
-        for i, (r, x) in enumerate(zip(res, inputs)):
+        for i, (r, x, w) in enumerate(zip(res, inputs, wanted)):
             r = _wrap(r)
             if r is not None and not isinstance(r, Tensor):
                 raise RuntimeError(f"expected Variable or None (got {type(r).__name__})")
-            if r is not None and hasattr(x, "_dev"):
+            if r is not None and w:
                 _check_grad(self.name, i, r, x)
-            out.append(r if hasattr(x, "_dev") else None)
+            out.append(r if w else None)
         return tuple(out)
 
 
@@ -278,7 +272,8 @@ def _expandable(shape, to):
     return all(s == t or s == 1 for s, t in zip(shape[::-1], to[::-1]))
 
 
-def _make_op(app, n_args, holds_saved):
+@functools.cache
+def _function_op_class():
     KEEP, Op = _op_base()
 
     class _FunctionOp(Op):
@@ -286,9 +281,13 @@ def _make_op(app, n_args, holds_saved):
 
         def unpack_ans(self, node):
             return None                        # the rules read ctx.saved_tensors instead
+    return _FunctionOp
 
-    op = _FunctionOp(_Name(app.name), None, promote=KEEP, saves_ans=False,
-                     saves_inputs=holds_saved)
+
+def _make_op(app, n_args, holds_saved):
+    KEEP, _ = _op_base()
+    op = _function_op_class()(_Name(app.name), None, promote=KEEP, saves_ans=False,
+                              saves_inputs=holds_saved)
     op.app = app
     op.holds_saved = holds_saved
     op.vjps = tuple(_rule(app, i) for i in range(n_args))
@@ -329,7 +328,7 @@ def _overrides(cls, name):
 def _batch_size(values):
     for v in values:
         if isinstance(v, Tensor) and v._nb:
-            return v._data.shape[0]
+            return v._data.shape[0]            # metadata only, as Tensor.shape reads it
     return 0
 
 
@@ -477,7 +476,8 @@ def _bind(cls, args, kwargs):
 
 
 def _run_forward(cls, ctx, args):
-    with _mode.no_grad():
+    # forward sees primal values only: its tangents come from jvp (or double backward)
+    with _mode.no_grad(), _suspended():
         if _setup_context_style(cls):
             out = cls.forward(*args)
             cls.setup_context(ctx, args, out)
@@ -689,7 +689,12 @@ def _jvp_by_double_backward(cls, ctx, args, outs, diff):
               for k, (o, d) in enumerate(zip(outs, diff)) if d}
         pack = _GradPack(gs, _Pack(outs[0]._dtype if isinstance(outs[0], Tensor)
                                    else _dtype.float32, None))
-        grads = app._backward(pack if len(outs) > 1 else gs[0], args)
+        wanted = [isinstance(a, Tensor) and a._tangent is not None for a in args]
+        needs, ctx.needs_input_grad = ctx.needs_input_grad, tuple(wanted)   # what is asked now
+        try:
+            grads = app._backward(pack if len(outs) > 1 else gs[0], args, wanted)
+        finally:
+            ctx.needs_input_grad = needs
         cs, ts, probe = [], [], None
         for i, (a, c) in enumerate(zip(args, grads)):
             if c is None or not isinstance(a, Tensor) or a._tangent is None:
@@ -702,7 +707,7 @@ def _jvp_by_double_backward(cls, ctx, args, outs, diff):
                     with _mode.no_grad():
                         ones = {k: _ones_like(g) for k, g in gs.items()}
                         probe = app._backward(_GradPack(ones, pack) if len(outs) > 1
-                                              else ones[0], args)
+                                              else ones[0], args, wanted)
                 if probe[i] is not None and bool(np.any(probe[i].numpy() != 0)):
                     raise RuntimeError(
                         f"forward-mode AD through {cls.__name__}: it has no jvp staticmethod "

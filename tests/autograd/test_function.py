@@ -191,6 +191,12 @@ def test_jvp_without_a_jvp_rule_differentiates_backward(rng):
     assert Cube.backward_shapes                      # the double-backward trick ran backward
     want = torch.autograd.functional.jvp(TorchCube.apply, torch.tensor(x), torch.tensor(v))[1]
     close(gv.jvp(Cube.apply, gv.tensor(x), gv.tensor(v))[1], want)
+    class CubeAsked(Cube):                           # a backward that honours needs_input_grad
+        @staticmethod
+        def backward(ctx, g):
+            return Cube.backward(ctx, g) if ctx.needs_input_grad[0] else None
+    close(gv.jacobian(CubeAsked.apply, gv.tensor(x), vectorize=True, strategy="forward-mode"),
+          np.diag(3 * x ** 2))
     # strict mode takes PyTorch's double-backward route for the whole function
     close(gv.jvp(Cube.apply, gv.tensor(x), gv.tensor(v), strict=True)[1], want)
 
