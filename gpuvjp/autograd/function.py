@@ -1,4 +1,4 @@
-"""gv.autograd.Function: users' own forward and backward (CuPy kernels, NumPy routines) in the graph.
+"""gv.autograd.Function: users' own forward and backward (CuPy kernels, NumPy code) in the graph.
 
 Design. A Function application is one graph Node, built here from the existing mechanism and
 nothing else: `apply` runs the user's `forward` under no_grad on the Tensors it was given,
@@ -38,7 +38,7 @@ from .._tensor import Tensor
 from . import _forward, _mode
 from ._graph import Node
 
-__all__ = ["Function", "FunctionCtx", "once_differentiable"]
+__all__ = ["Function", "FunctionCtx", "once_differentiable", "check_inplace"]
 
 
 # ----- ctx ------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ class _Application:
     """One call of a Function: its class, ctx, inputs' and outputs' metadata, and the memo of
     the last backward call (the node's rules share it)."""
 
-    __slots__ = ("cls", "ctx", "name", "n_inputs", "outputs", "memo", "last_edge")
+    __slots__ = ("cls", "ctx", "name", "n_inputs", "outputs", "memo", "last_edge", "views")
 
     def __init__(self, cls, ctx, n_inputs, outputs):
         self.cls = cls
@@ -201,6 +201,7 @@ class _Application:
         self.outputs = outputs          # per output: (shape, dtype, device) or None (not a Tensor)
         self.memo = None
         self.last_edge = -1
+        self.views = ()                 # outputs that are views of an input
 
     # The user's backward, once per gradient object: the node's rules all ask for it.
     def grad_for(self, g, i, inputs):
@@ -494,7 +495,10 @@ def _apply(cls, args, out=None, ctx=None):
                                      for a in args)
         out = _run_forward(cls, ctx, args)
     is_tuple = isinstance(out, tuple)
-    outs = [_wrap(o) for o in (out if is_tuple else (out,))]
+    raw = out if is_tuple else (out,)
+    outs = [_wrap(o) for o in raw]
+    clean = [a for a in args if not any(a is d for d in ctx._dirty)]
+    views = _views_of_inputs(raw, outs, clean)
 
     dirty = {id(t) for t in ctx._dirty}
     non_diff = {id(t) for t in ctx._non_differentiable}
@@ -521,7 +525,7 @@ def _apply(cls, args, out=None, ctx=None):
     diff = [isinstance(o, Tensor) and o._dtype.is_floating_point
             and id(o) not in non_diff for o in outs]
     if needs and any(diff):
-        _record(cls, ctx, args, outs, diff)
+        _record(cls, ctx, args, outs, diff).views = views
 
     dual = _forward.active() and any(a._tangent is not None for a in tensor_args)
     if dual and any(diff):
@@ -557,7 +561,7 @@ def _record(cls, ctx, args, outs, diff):
         ctx._to_save = None
     if single:
         outs[0]._node, outs[0]._requires_grad = node, True
-        return
+        return app
     pack = _Pack(first._dtype, first._dev)
     sel = _select_op(cls.__name__)
     for k, (o, d) in enumerate(zip(outs, diff)):
@@ -566,6 +570,53 @@ def _record(cls, ctx, args, outs, diff):
             o._requires_grad = True
             if k in saved_outputs:
                 saved_outputs[k].select = weakref.ref(o._node)
+    return app
+
+
+def _views_of_inputs(raw, outs, args):
+    """Indices of outputs that are views of an input not marked dirty: an input returned as
+    it is, or an array forward returned that shares an input's memory. Writing into one in
+    place would bypass the Function's backward, so check_inplace refuses it (as PyTorch)."""
+    inputs = [a for a in args if isinstance(a, Tensor)]
+    views = []
+    for k, (r, o) in enumerate(zip(raw, outs)):
+        if not isinstance(o, Tensor):
+            continue
+        if any(r is a for a in inputs) or _is_array(r) and any(
+                a._dev == o._dev and _may_share(r, a._array()) for a in inputs):
+            views.append(k)
+    return tuple(views)
+
+
+def _may_share(x, y):
+    xp = np if isinstance(x, np.ndarray) else _device.cupy_module()
+    return bool(xp.may_share_memory(x, y))
+
+
+def check_inplace(t):
+    """Raise PyTorch's error if `t`, about to be written in place, is an output of a
+    Function that is a view of one of its inputs (for in-place ops to call first)."""
+    node = t._node
+    if node is None:
+        return
+    k = 0
+    if type(node.op).__name__ == "_SelectOp":
+        k, node = node.params["k"], node.edges[0]
+    app = getattr(node.op, "app", None)
+    if app is None or k not in app.views:
+        return
+    if len(app.outputs) > 1:
+        why = ("This view is the output of a function that returns multiple views. Such "
+               "functions do not allow the output views to be modified inplace. You should "
+               "replace the inplace operation by an out-of-place one.")
+    else:
+        why = ("This view was created inside a custom Function (or because an input was "
+               "returned as-is) and the autograd logic to handle view+inplace would override "
+               "the custom backward associated with the custom Function, leading to incorrect "
+               "gradients. This behavior is forbidden. You can fix this by cloning the output "
+               "of the custom Function.")
+    raise RuntimeError(f"Output {k} of {app.name} is a view and is being modified inplace. "
+                       + why)
 
 
 def _apply_batched(cls, args):

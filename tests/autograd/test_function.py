@@ -471,7 +471,7 @@ def test_mark_dirty_errors():
     raises_like(want, lambda: GLost.apply(gv.ones(2, requires_grad=True) * 1))
 
 
-# ----- errors, each against torch's ----------------------------------------------------------------
+# ----- errors, each against torch's --------------------------------------------------------------
 def _pair(forward, backward, name):
     """The same Function under torch and gpuvjp: (torch class, gpuvjp class)."""
     def make(base):
@@ -863,3 +863,27 @@ def test_hessian_through_a_saved_output(rng):
         lambda t: (TSavedExp.apply(t)[0] ** 2).sum() + TSavedExp.apply(t)[1].sum(),
         torch.tensor(x))
     close(got, want)
+
+
+def test_writing_into_a_view_output_in_place_is_refused():
+    from gpuvjp.autograd.function import check_inplace
+
+    def run(m, forward):
+        class Sel(m.autograd.Function):
+            @staticmethod
+            def backward(ctx, *g):
+                return g[0]
+        Sel.forward = staticmethod(forward)
+        out = Sel.apply(m.ones(3, requires_grad=True))
+        return out if isinstance(out, tuple) else (out,)
+    cases = [(0, lambda ctx, x: x[:2], lambda ctx, x: x.numpy()[:2]),
+             (0, lambda ctx, x: x, lambda ctx, x: x),
+             (0, lambda ctx, x: (x[:2], x * 2), lambda ctx, x: (x.numpy()[:2], x * 2)),
+             (1, lambda ctx, x: (x * 2, x), lambda ctx, x: (x * 2, x))]
+    for k, tf, gf in cases:
+        want = torch_error(lambda: run(torch, tf)[k].mul_(2))
+        outs = run(gv, gf)
+        raises_like(want, lambda: check_inplace(outs[k]))
+        if len(outs) > 1:
+            check_inplace(outs[1 - k])               # the other output is not a view
+    check_inplace(NpExp.apply(gv.ones(2, requires_grad=True)))   # a new array: no view
