@@ -17,11 +17,13 @@ user's code directly only when the Function declares a batch rule (`vmap` static
 `generate_vmap_rule = True`); otherwise each batch element runs on its own, through
 differentiable gpuvjp ops that slice and stack.
 
-This module owns the Function API and its ctx; it imports the Tensor, the graph (Node, grad
-mode, forward-mode state) and a few ops (batching, shape); it never touches a tensor's backing
-array except through `Tensor._array()`, so a Function's forward and backward are points where
-a pending fused plan is materialised, and it never touches the op registry (a Function's Op is
-not registered: the public extension point is this class, not `defop`).
+This module owns the Function API, its ctx, and `check_inplace` (the refusal to write into an
+output that is a view of an input, for in-place ops to call). It imports the Tensor, the graph
+(Node, grad mode, forward-mode state), the registry's `Op` class and a few ops (batching,
+shape, creation). It never reads a tensor's backing array except through `Tensor._array()`
+(shapes aside), so a Function's forward and backward are points where a pending fused plan is
+materialised; and it never registers an op (a Function's Op lives on its node only: the
+public extension point is this class, not `defop`).
 """
 
 from __future__ import annotations

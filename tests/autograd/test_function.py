@@ -887,3 +887,16 @@ def test_writing_into_a_view_output_in_place_is_refused():
         if len(outs) > 1:
             check_inplace(outs[1 - k])               # the other output is not a view
     check_inplace(NpExp.apply(gv.ones(2, requires_grad=True)))   # a new array: no view
+
+
+def test_batched_inputs_without_a_batch_rule_run_per_element(rng):
+    from gpuvjp.ops.batching import rebatch, unbatch
+    xs = data(rng, 4, 3)
+    t = gv.tensor(xs, requires_grad=True)
+    Cube.backward_shapes.clear()
+    out = unbatch(Cube.apply(rebatch(t)))
+    close(out, xs ** 3)
+    close(gv.autograd.grad(out.sum(), t)[0], 3 * xs ** 2)
+    assert Cube.backward_shapes == [((3,), 0)] * 4           # one node per element
+    close(gv.hessian(lambda a: Cube.apply(a).sum(), gv.tensor(xs[0]), vectorize=True),
+          np.diag(6 * xs[0]))
