@@ -238,7 +238,11 @@ class _Application:
         return self._call_backward(grads, inputs, wanted)
 
     def _call_backward(self, grads, inputs, wanted):
-        res = self.cls.backward(self.ctx, *grads)
+        cls = self.cls
+        # PyTorch's alias: a Function may define `vjp` instead of `backward`
+        fn = cls.vjp if _overrides(cls, "vjp") and not _overrides(cls, "backward") \
+            else cls.backward
+        res = fn(self.ctx, *grads)
         res = res if isinstance(res, tuple) else (res,)
         n = self.n_inputs
         if len(res) != n:

@@ -900,3 +900,26 @@ def test_batched_inputs_without_a_batch_rule_run_per_element(rng):
     assert Cube.backward_shapes == [((3,), 0)] * 4           # one node per element
     close(gv.hessian(lambda a: Cube.apply(a).sum(), gv.tensor(xs[0]), vectorize=True),
           np.diag(6 * xs[0]))
+
+
+@pytest.mark.parametrize("mode", ["rows", "reverse-mode", "forward-mode"])
+def test_jacobian_of_several_outputs_matches_torch(rng, mode):
+    x = data(rng, 3)
+    kw = {} if mode == "rows" else {"vectorize": True, "strategy": mode}
+    got = gv.jacobian(SavedExp.apply, gv.tensor(x), **kw)
+    want = torch.autograd.functional.jacobian(TSavedExp.apply, torch.tensor(x))
+    for g, w in zip(got, want):
+        close(g, w)
+
+
+def test_vjp_may_stand_for_backward():
+    class Twice(gv.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def vjp(ctx, g):
+            return g * 2
+    x = gv.tensor([1.0, 2.0], requires_grad=True)
+    close(gv.autograd.grad(Twice.apply(x).sum(), x)[0], [2.0, 2.0])
