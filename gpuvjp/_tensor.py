@@ -189,7 +189,9 @@ class Tensor:
     @property
     def __cuda_array_interface__(self):
         """The CUDA array interface of a cuda tensor's array (zero-copy for CuPy, Numba...).
-        A CPU tensor raises AttributeError, as PyTorch's, so `hasattr` is False."""
+        A CPU tensor raises AttributeError, as PyTorch's, so `hasattr` is False. Unlike
+        PyTorch, a tensor that requires grad has one too (as its `numpy()` does), so a
+        Function's forward hands its inputs to CuPy directly."""
         if self._dev.type != "cuda":
             raise AttributeError(
                 f"Can't get __cuda_array_interface__ on non-CUDA tensor type: "
