@@ -183,7 +183,10 @@ class Tensor:
         return bool(self.item())
 
     def __dlpack__(self, *args, **kwargs):
-        # The array's own __dlpack__ honours `stream` (CuPy makes the consumer's stream wait)
+        # The array's own __dlpack__ honours `stream` (CuPy makes the consumer's stream wait).
+        # On the host PyTorch asserts stream is None; a bad option value is a ValueError here.
+        if self._dev.type == "cpu" and (args[:1] or (kwargs.get("stream"),))[0] is not None:
+            raise ValueError("stream should be None on cpu.")
         return self._array().__dlpack__(*args, **kwargs)
 
     @property

@@ -664,6 +664,8 @@ def test_dlpack_with_numpy_is_zero_copy():
     assert t.tolist() == [5.0, 2.0]
     assert t.__dlpack_device__() == (1, 0)
     t.__dlpack__(stream=None)                       # the host takes no stream but None
+    with pytest.raises(ValueError, match="stream should be None on cpu"):
+        t.__dlpack__(stream=1)
 
 
 # ----- users' kernels: compiled through NVRTC here, run on a GPU ---------------------------------
