@@ -96,6 +96,11 @@ def as_tensor(data, dtype=None, device=None):
             and (dtype is None or _dtype.to_dtype(dtype).np == data.dtype) \
             and data.dtype in _dtype._BY_NP:
         return from_numpy(data)
+    if _device.is_cupy_array(data) and data.dtype in _dtype._BY_NP \
+            and (dtype is None or _dtype.to_dtype(dtype).np == data.dtype):
+        src = _device.device_of_array(data)
+        if device is None or _dev(device) == src:          # shares the CuPy array's memory
+            return Tensor._make(data, src, _dtype.from_numpy_dtype(data.dtype), None)
     return tensor(data, dtype=dtype, device=device)
 
 

@@ -183,7 +183,24 @@ class Tensor:
         return bool(self.item())
 
     def __dlpack__(self, *args, **kwargs):
+        # The array's own __dlpack__ honours `stream` (CuPy makes the consumer's stream wait).
+        # On the host PyTorch asserts stream is None; a bad option value is a ValueError here.
+        if self._dev.type == "cpu" and (args[:1] or (kwargs.get("stream"),))[0] is not None:
+            raise ValueError("stream should be None on cpu.")
         return self._array().__dlpack__(*args, **kwargs)
+
+    @property
+    def __cuda_array_interface__(self):
+        """The CUDA array interface of a cuda tensor's array (zero-copy for CuPy, Numba...).
+        A CPU tensor raises AttributeError, as PyTorch's, so `hasattr` is False. Unlike
+        PyTorch, a tensor that requires grad has one too (as its `numpy()` does), so a
+        Function's forward hands its inputs to CuPy directly."""
+        if self._dev.type != "cuda":
+            raise AttributeError(
+                f"Can't get __cuda_array_interface__ on non-CUDA tensor type: "
+                f"torch.{_TYPE_NAMES.get(self._dtype.name, 'Tensor')} If CUDA data is "
+                "required use tensor.cuda() to copy tensor to device memory.")
+        return self._array().__cuda_array_interface__
 
     def __dlpack_device__(self):
         return self._array().__dlpack_device__()
@@ -288,6 +305,10 @@ class Tensor:
     def __setitem__(self, key, value):
         raise RuntimeError("gpuvjp tensors are values: in-place assignment is not supported; "
                            "build a new tensor with gpuvjp.where or indexing instead")
+
+
+_TYPE_NAMES = {"float16": "HalfTensor", "float32": "FloatTensor", "float64": "DoubleTensor",
+               "int32": "IntTensor", "int64": "LongTensor", "bool": "BoolTensor"}
 
 
 def _binary(fn_name, reflected=False):

@@ -6,7 +6,7 @@ from .._tensor import Tensor
 from ._graph import run_backward
 from ._mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 
-__all__ = ["backward", "grad", "functional", "no_grad", "enable_grad", "set_grad_enabled",
+__all__ = ["backward", "grad", "functional", "Function", "function", "no_grad", "enable_grad", "set_grad_enabled",
            "is_grad_enabled", "gradcheck", "gradgradcheck"]
 
 
@@ -141,4 +141,6 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
 
 
 from . import functional  # noqa: E402
+from . import function  # noqa: E402
+from .function import Function  # noqa: E402
 from .gradcheck import gradcheck, gradgradcheck  # noqa: E402

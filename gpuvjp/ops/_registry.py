@@ -80,9 +80,13 @@ def _ufunc_impl(ufunc):
     return impl
 
 
-def defop(name, impl, **kw):
+def defop(name, impl, *, override=False, **kw):
     """Declare an op. `impl` is `impl(xp, *arrays, **params)`, or a NumPy ufunc that CuPy
-    also has under the same name."""
+    also has under the same name. A name already registered raises, so that no declaration
+    silently replaces a built-in; `override=True` replaces it on purpose."""
+    if name in REGISTRY and not override:
+        raise ValueError(f"an op named {name!r} is already registered; pass override=True "
+                         "to replace it")
     if isinstance(impl, np.ufunc):
         impl = _ufunc_impl(impl)
         kw.setdefault("elementwise", True)
