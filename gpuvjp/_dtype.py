@@ -43,7 +43,7 @@ class dtype:
         return f"gpuvjp.{self.name}"
 
     def __reduce__(self):
-        return self.name
+        return "bool_" if self is bool_ else self.name      # the module-level name
 
 
 float16 = dtype("float16", np.float16, _FLOAT, 0)

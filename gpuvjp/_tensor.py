@@ -274,6 +274,29 @@ class Tensor:
         backward(self, gradient, retain_graph=retain_graph, create_graph=create_graph,
                  inputs=inputs)
 
+    # ----- pickling and deepcopy ------------------------------------------------------------
+    # As torch: a pickle keeps the values, dtype, device type and requires_grad, never the graph,
+    # .grad or a forward-mode tangent, so a non-leaf comes back a leaf. The array travels as a
+    # NumPy array (out-of-band with pickle protocol 5), and a cuda tensor lands on the current
+    # CUDA device of the process that unpickles it (a Dask worker's own GPU).
+    def __reduce_ex__(self, protocol):
+        return (_rebuild, (type(self), self._host(), self._dtype.name, self._dev.type,
+                           self._requires_grad, self._nb))
+
+    def __deepcopy__(self, memo):
+        """Same as torch: only leaves deepcopy; the copy keeps device, requires_grad, .grad."""
+        if self._node is not None:
+            raise RuntimeError("Only Tensors created explicitly by the user (graph leaves) "
+                               "support the deepcopy protocol at the moment.")
+        with _device.use(self._dev):
+            data = self._array().copy()
+        t = type(self)._make(data, self._dev, self._dtype, None)
+        t._requires_grad, t._nb = self._requires_grad, self._nb
+        memo[id(self)] = t
+        if self.grad is not None:
+            t.grad = self.grad.__deepcopy__(memo)
+        return t
+
     # ----- printing ----------------------------------------------------------------------------
     def __repr__(self):
         a = self._host()
@@ -333,3 +356,18 @@ for _name, _fn in (("add", "add"), ("sub", "sub"), ("mul", "mul"), ("truediv", "
     if _name in ("add", "sub", "mul", "truediv", "pow", "matmul", "and", "or", "xor"):
         setattr(Tensor, f"__r{_name}__", _binary(_fn, reflected=True))
 Tensor.__hash__ = object.__hash__
+
+
+def _rebuild(cls, data, dtype_name, device_type, requires_grad, nb):
+    """Unpickle a Tensor (see `Tensor.__reduce_ex__`)."""
+    dev = _device.CPU
+    if device_type == "cuda":
+        if not _device.cuda_available():
+            raise RuntimeError(
+                "Attempting to deserialize a cuda tensor, but CuPy sees no CUDA GPU on this "
+                "machine. Move it to the CPU with .cpu() before pickling it.")
+        data = _device.cupy_module().asarray(data)
+        dev = _device.device_of_array(data)
+    t = cls._make(data, dev, _dtype.to_dtype(dtype_name), None)
+    t._requires_grad, t._nb = requires_grad, nb
+    return t
