@@ -21,6 +21,7 @@ from ._tensor import Tensor as Tensor
 from . import autograd as autograd
 from . import cuda as cuda
 from . import nn as nn
+from . import profiler as profiler
 from .autograd import enable_grad as enable_grad, is_grad_enabled as is_grad_enabled
 from .autograd import no_grad as no_grad, set_grad_enabled as set_grad_enabled
 from .autograd.functional import hessian as hessian, hvp as hvp, jacobian as jacobian
@@ -42,5 +43,6 @@ __all__ = sorted(set(_ops_all) | {
     "rand", "randn", "manual_seed", "device", "dtype", "float16", "float32", "float64", "int32",
     "int64", "bool", "half", "float", "double", "long", "int", "get_default_dtype",
     "set_default_dtype", "get_default_device", "set_default_device", "autograd", "cuda", "nn",
+    "profiler",
     "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "vjp", "jvp", "jacobian",
     "hessian", "vhp", "hvp", "softmax", "log_softmax"})

@@ -1,32 +1,203 @@
-"""Pending: an elementwise result that is computed only when something reads it.
+"""Pending: an elementwise result recorded as a node of a DAG and computed only when needed.
 
-On the GPU a lazy op (exp) returns a Pending instead of launching; a reduction that receives
-one runs the op inside its map expression (one pass over the input, nothing written), and any
-other reader materialises it once, through `Tensor._array()`.
+With fusion on (the default; `GPUVJP_FUSION=0` turns it off), `apply` records every op the
+plan can express as a Pending instead of running it, on both devices. A DAG is materialised
+(see `_plan.py` for who owns what) where something needs memory:
+- any read of `Tensor._array()`: linear algebra, a shape op that copies, a host read, an op
+  the plan cannot express;
+- a reduction that consumes it (`sum`): the DAG becomes its map expression and is never
+  written;
+- results handed back by vjp, grad, jvp, backward (`force`: several results of one shape are
+  one kernel with several outputs);
+- the size cap: a node whose DAG would be deeper than MAX_DEPTH materialises its pending
+  inputs first, so one kernel never grows past MAX_DEPTH levels (compile time, registers).
+
+A value the forward computed but never wrote (a Pending consumed by a reduction, or still
+pending) is recomputed inside the backward's kernel from the DAG's leaves: the backward rules
+record Pendings that read the forward's Pendings. A forward value is in memory only when
+something above materialised it; the backward then reads it instead.
+
+Materialisation takes one lock, so a Pending read from several threads is computed once.
 """
 
 from __future__ import annotations
 
-__all__ = ["Pending"]
+import math
+import os
+import threading
+
+import numpy as np
+
+from . import _device
+
+__all__ = ["Pending", "ENABLED", "MAX_DEPTH", "record", "force", "reduce"]
+
+ENABLED = os.environ.get("GPUVJP_FUSION", "1").strip().lower() not in ("0", "false", "off", "no")
+
+# Deepest DAG one kernel computes. W2's fused backward (16 ops and their rules) is ~40 deep.
+MAX_DEPTH = 64
+
+_LOCK = threading.RLock()
+_INFO: dict = {}          # (op, argument types) -> (out dtype, computation dtype)
 
 
 class Pending:
-    __slots__ = ("op", "src", "shape", "ndim", "size", "dtype", "value")
+    """A node of the pending DAG: `op` applied to `args` (arrays, scalars, Pendings)."""
 
-    def __init__(self, op, src):
-        self.op = op                  # a fused single-input op: op.gpu(cupy, src) computes it
-        self.src = src
-        self.shape = src.shape
-        self.ndim = src.ndim
-        self.size = src.size
-        self.dtype = src.dtype
+    __slots__ = ("op", "args", "shape", "ndim", "dtype", "compute", "dev", "depth", "value")
+
+    def __init__(self, op, args, shape, dtype, compute, dev, depth):
+        self.op = op
+        self.args = args
+        self.shape = shape
+        self.ndim = len(shape)
+        self.dtype = dtype            # the output's NumPy dtype
+        self.compute = compute        # the dtype the op computes in (its promoted inputs')
+        self.dev = dev
+        self.depth = depth
         self.value = None
 
+    @property
+    def size(self):
+        return math.prod(self.shape)
+
+    def __repr__(self):
+        state = "computed" if self.value is not None else "pending"
+        return f"<Pending {self.op.name} {self.shape} {self.dtype} {state}>"
+
     def materialize(self):
-        if self.value is None:
-            from . import _device
-            cupy = _device.cupy_module()
-            with cupy.cuda.Device(self.src.device.id):
-                self.value = self.op.gpu(cupy, self.src)
-            self.src = None
-        return self.value
+        v = self.value
+        if v is None:
+            force_pending([self])
+            v = self.value
+        return v
+
+
+# ----- recording: the hot path of every fusible op ------------------------------------------
+def record(op, arrays, dev):
+    """A Pending for `op(*arrays)`; `arrays` is a list (Pendings already computed are
+    replaced by their values). Raises ValueError where the shapes do not broadcast."""
+    shape = None
+    depth = 0
+    sig = [op]
+    for k, a in enumerate(arrays):
+        if type(a) is Pending:
+            if a.value is not None:
+                a = arrays[k] = a.value
+            elif a.depth > depth:
+                depth = a.depth
+        dt = getattr(a, "dtype", None)
+        if dt is None:
+            sig.append(type(a))
+            continue
+        sig.append(dt)
+        s = a.shape
+        if shape is None or s == shape:
+            shape = s
+        else:
+            shape = np.broadcast_shapes(shape, s)
+    info = _INFO.get(tuple(sig))
+    if info is None:
+        info = _probe(op, arrays, tuple(sig))
+    if depth >= MAX_DEPTH:
+        force_pending([a for a in arrays if type(a) is Pending])
+        arrays = [a.value if type(a) is Pending else a for a in arrays]
+        depth = 0
+    return Pending(op, arrays, shape, info[0], info[1], dev, depth + 1)
+
+
+def _probe(op, arrays, sig):
+    """The dtypes of op(*arrays), found once per argument types by running the op's NumPy
+    implementation on one element of each (values never change a dtype under NEP 50)."""
+    probe = [np.ones(1, a.dtype) if hasattr(a, "dtype") else a for a in arrays]
+    with _device.compute(_device.CPU):   # nan and inf propagate silently
+        out = np.asarray(op.impl(np, *probe)).dtype
+    compute = out
+    if out == np.bool_ and op.fuse.ufunc is not None:      # comparisons: the inputs' type
+        compute = np.result_type(*[a.dtype if hasattr(a, "dtype") else a for a in arrays])
+    _INFO[sig] = info = (out, compute)
+    return info
+
+
+# ----- materialisation ----------------------------------------------------------------------
+def force(tensors):
+    """Materialise the pending data of `tensors` (Tensors, None, nested tuples): one kernel
+    per device and shape."""
+    flat = list(_flat(tensors))
+    todo = []
+    for t in flat:
+        d = getattr(t, "_data", None)
+        if type(d) is Pending and d.value is None:
+            todo.append(d)
+    if todo:
+        force_pending(todo)
+    for t in flat:
+        d = getattr(t, "_data", None)
+        if type(d) is Pending:
+            t._data = d.value
+
+
+def _flat(items):
+    for t in items:
+        if isinstance(t, (tuple, list)):
+            yield from _flat(t)
+        else:
+            yield t
+
+
+def force_pending(pendings):
+    """Compute the Pendings not yet computed, those of one shape and device in one kernel."""
+    from . import _plan
+    with _LOCK:
+        groups, seen = {}, set()
+        for p in pendings:
+            if p.value is None and id(p) not in seen:
+                seen.add(id(p))
+                groups.setdefault((p.shape, p.dev), []).append(p)
+        for group in groups.values():
+            plan = _plan.build(group)
+            outs = _run(plan, group[0].dev)
+            for p, v in zip(group, outs):
+                p.value = v
+                p.args = None
+
+
+def _run(plan, dev):
+    from . import _plan
+    from . import profiler as _profiler
+    name = _plan.kernel_name(plan)
+    token = _profiler.start(dev) if _profiler.ACTIVE else None
+    if dev.type == "cpu":
+        outs = _plan.evaluate(plan)
+    else:
+        from .ops import _kernels
+        outs = _kernels.run_plan(plan, name, dev)
+    if _profiler.ACTIVE:
+        _plan.record(plan, name, outs, token=token)
+    return outs
+
+
+def reduce(op, x, params, dev):
+    """`op` (a reduction declaring `takes_pending`: sum) of the pending DAG `x` in one kernel:
+    the DAG is its map expression and is never written."""
+    from . import _plan
+    from . import profiler as _profiler
+    with _LOCK:
+        if x.value is not None:
+            return None
+        plan = _plan.build([x])
+    name = _plan.kernel_name(plan) + f"_{op.name}"
+    token = _profiler.start(dev) if _profiler.ACTIVE else None
+    if dev.type == "cpu":
+        with _device.compute(_device.CPU):   # nan and inf propagate silently
+            dims = params.get("dim")
+            if dims and 0 not in dims and x.ndim and type(dims) is tuple:
+                out = _plan.reduce_rows(plan, lambda v: op.impl(np, v, **params))
+            else:
+                out = np.asarray(op.impl(np, _plan.evaluate(plan)[0], **params))
+    else:
+        from .ops import _kernels
+        out = _kernels.reduce_plan(plan, name, op, params, dev)
+    if _profiler.ACTIVE:
+        _plan.record(plan, name, [out], extra_ops=[op.name], token=token)
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import _lazy
 from .._tensor import Tensor
 from ._graph import run_backward
 from ._mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
@@ -113,6 +114,9 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         elif not create_graph:
             g = g.detach()
         result.append(g)
+    # gradients handed back are in memory; the outputs (vjp hands them back too) join them,
+    # so results of one shape are written by one kernel
+    _lazy.force((result, outputs))
     return tuple(result)
 
 
@@ -138,6 +142,7 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
         if not create_graph:
             g = g.detach()
         leaf.grad = g if leaf.grad is None else leaf.grad + g
+    _lazy.force([leaf.grad for leaf, _ in found.values()])
 
 
 from . import functional  # noqa: E402

@@ -8,7 +8,7 @@ import math
 import operator
 import os
 
-from .. import _device
+from .. import _device, _lazy
 from .._tensor import Tensor
 from . import _mode, forward_ad, grad
 from ._graph import Node
@@ -76,6 +76,7 @@ def _grad_preprocess(inputs, create_graph, need_graph, fn_name=None):
 
 
 def _grad_postprocess(items, create_graph):
+    _lazy.force(items)                  # results handed back are in memory (one kernel a shape)
     if create_graph:
         return items
     return tuple([t.detach() if isinstance(t, Tensor) else _grad_postprocess(t, False)
@@ -212,7 +213,7 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
     with _mode.enable_grad() if create_graph else _NO_CHANGE:
         grads = _autograd_grad(outputs, inputs, v, create_graph)
         result = _fill_in_zeros(grads, inputs, strict, create_graph)
-    # grad() returns new tensors, detached unless create_graph: only the outputs need it
+    _lazy.force((outputs, result))      # outputs and gradients of one shape: one kernel
     return (_unpack(_grad_postprocess(outputs, create_graph), is_outputs_tuple),
             _unpack(result, is_inputs_tuple))
 

@@ -7,14 +7,15 @@ import importlib.resources
 import operator
 import os
 import pathlib
+import time
 
 import numpy as np
 
-from .. import _device
+from .. import _device, _log
 
-__all__ = ["source", "elementwise_caller", "map_sum", "Reduction", "defreduction", "REDUCTIONS",
-           "defscatter", "SCATTERS", "KernelSourceError", "kernel_dir", "TWINS",
-           "register_twin"]
+__all__ = ["source", "elementwise_caller", "Reduction", "defreduction", "REDUCTIONS",
+           "defscatter", "SCATTERS", "KernelSourceError", "kernel_dir", "TWINS", "register_twin",
+           "Expr", "expr_for", "plan_source", "run_plan", "reduce_plan"]
 
 
 class KernelSourceError(RuntimeError):
@@ -113,26 +114,6 @@ def elementwise_caller(family, fn, in_params, out_params, twin=None):
         return _launch(kernel, family, fn, *arrays)
     call.__name__ = f"gv_{fn}"
     return call
-
-
-@functools.cache
-def sum_of(family, fn, half):
-    """ReductionKernel `gv_<fn>_sum`: sum(gv::fn(x)) in one pass, accumulated in float for
-    float16 and in T otherwise."""
-    cupy = _device.cupy_library()
-
-    # CuPy substitutes parameter names inside the expressions as plain substrings, so the
-    # names must not occur in `gv::<fn>`: "x" would hit "exp".
-    ctype = "float" if half else "T"
-    return cupy.ReductionKernel(
-        "T src", "T dst", call_expr(fn, "T src", ctype), "a + b", "dst = (T)a", "0",
-        f"gv_{fn}_sum", reduce_type=ctype if half else None, preamble=source(family))
-
-
-def map_sum(op, src, axis, keepdims):
-    """sum(op(src), axis) without writing op(src): the op runs in the map expression."""
-    kernel = sum_of(op.family, op.kernel_fn, src.dtype == "float16")
-    return _launch(kernel, op.family, f"{op.kernel_fn}_sum", src, axis=axis, keepdims=keepdims)
 
 
 # ----- reductions declared by their gv:: functions -----------------------------------------------
@@ -254,3 +235,263 @@ def _launch(kernel, family, fn, *args, **kwargs):
             raise KernelSourceError(
                 f"kernel gv_{fn} in kernels/{family}.cuh failed to compile: {first}") from exc
         raise
+
+
+# ----- fused plans: a Plan (gpuvjp/_plan.py) as one generated kernel ---------------------------
+class Expr:
+    """How a fusible op reads in CUDA: a NumPy `ufunc` (the CPU evaluation writes into `out=`)
+    with the C expression `c` over its operands {0}, {1}, ... cast to the computation type {c};
+    or `gv::fn` of kernels/<family>.cuh with CuPy parameters `in_params` (a fused op)."""
+
+    __slots__ = ("ufunc", "c", "family", "fn", "in_params")
+
+    def __init__(self, ufunc=None, c=None, family=None, fn=None, in_params=None):
+        self.ufunc, self.c, self.family, self.fn, self.in_params = ufunc, c, family, fn, in_params
+
+    def __repr__(self):
+        return f"<expr {self.c or 'gv::' + self.fn}>"
+
+
+# CuPy's ufuncs as plain CUDA math (kernels/fuse.cuh for those NumPy defines with care: nan
+# in maximum, -0 in abs).
+UFUNC_C = {
+    "add": "({0} + {1})", "subtract": "({0} - {1})", "multiply": "({0} * {1})",
+    "divide": "({0} / {1})", "negative": "(-{0})", "exp": "exp({0})", "log": "log({0})",
+    "sqrt": "sqrt({0})", "sin": "sin({0})", "cos": "cos({0})", "tanh": "tanh({0})",
+    "tan": "tan({0})", "exp2": "exp2({0})", "log2": "log2({0})", "log1p": "log1p({0})",
+    "expm1": "expm1({0})", "reciprocal": "(({c})1 / {0})", "square": "({0} * {0})",
+    "absolute": "gv::fz_abs({0})", "maximum": "gv::fz_max({0}, {1})",
+    "minimum": "gv::fz_min({0}, {1})", "equal": "({0} == {1})", "not_equal": "({0} != {1})",
+    "less": "({0} < {1})", "less_equal": "({0} <= {1})", "greater": "({0} > {1})",
+    "greater_equal": "({0} >= {1})",
+    "logical_and": "(({0} != ({c})0) && ({1} != ({c})0))",
+    "logical_or": "(({0} != ({c})0) || ({1} != ({c})0))",
+    "logical_xor": "(({0} != ({c})0) != ({1} != ({c})0))",
+    "logical_not": "({0} == ({c})0)",
+}
+# Ops declared with their own NumPy implementation, by registry name.
+NAMED_C = {"relu": "gv::fz_relu({0})", "sign": "gv::fz_sign({0})", "where": "({0} ? {1} : {2})",
+           "zeros_like": "(({c})0)"}
+
+
+def expr_for(name, ufunc=None):
+    """The Expr of the op declared as `name` (with NumPy `ufunc`), or None: not fusible."""
+    if ufunc is not None:
+        c = UFUNC_C.get(ufunc.__name__)
+        return None if c is None else Expr(ufunc=ufunc, c=c)
+    c = NAMED_C.get(name)
+    return None if c is None else Expr(c=c)
+
+
+CTYPE = {"float16": "float16", "float32": "float", "float64": "double", "bool": "bool",
+         "int8": "signed char", "uint8": "unsigned char", "int16": "short", "int32": "int",
+         "int64": "long long", "uint16": "unsigned short", "uint32": "unsigned int",
+         "uint64": "unsigned long long"}
+
+
+def _ctype(dt):
+    try:
+        return CTYPE[np.dtype(dt).name]
+    except KeyError:
+        raise TypeError(f"fused kernels do not support dtype {np.dtype(dt).name}") from None
+
+
+def _node_c(op, names, compute):
+    """The C expression of one node over its operands `names`, computed in `compute` (float
+    for float16)."""
+    cc = "float" if compute == np.float16 else _ctype(compute)
+    e = op.fuse
+    if e.fn is not None:
+        kinds = [p.split()[-2] for p in e.in_params.split(",")]
+        args = ", ".join(f"({cc}){n}" if len(t) == 1 else n for t, n in zip(kinds, names))
+        return f"gv::{e.fn}<{cc}>({args})"
+    return e.c.format(*[f"(({cc}){n})" for n in names], c=cc)
+
+
+def plan_source(plan, name):
+    """(device-function source, families, function name) of `plan`: `gv::<fz>(leaves...)`
+    returns the single output, or writes several through references. Temporaries are
+    let-bound, one per node, each rounded to its op's output dtype (float16 as the unfused op
+    rounds it)."""
+    fz = "fz" + name[len("gv_fuse"):]
+    params = [f"const {_ctype(d)} a{i}" for i, d in enumerate(plan.leaf_dtypes)]
+    lines = []
+    families = set()
+    for j, (op, refs, dt, compute) in enumerate(plan.nodes):
+        if op.fuse.family is not None:
+            families.add(op.fuse.family)
+        names = [f"a{-1 - r}" if r < 0 else f"t{r}" for r in refs]
+        ct = _ctype(dt)
+        lines.append(f"  const {ct} t{j} = ({ct})({_node_c(op, names, compute)});")
+    if len(plan.outputs) == 1:
+        out_t = _ctype(plan.nodes[plan.outputs[0]][2])
+        head = f"__device__ {out_t} {fz}({', '.join(params)})"
+        lines.append(f"  return t{plan.outputs[0]};")
+    else:
+        params += [f"{_ctype(plan.nodes[o][2])}& r{k}" for k, o in enumerate(plan.outputs)]
+        head = f"__device__ void {fz}({', '.join(params)})"
+        lines += [f"  r{k} = t{o};" for k, o in enumerate(plan.outputs)]
+    src = "namespace gv {\n" + head + " {\n" + "\n".join(lines) + "\n}\n}  // namespace gv\n"
+    return src, sorted(families), fz
+
+
+def plan_preamble(plan, name):
+    """kernels/common.cuh, kernels/fuse.cuh, the families the plan calls, then its function."""
+    src, families, fz = plan_source(plan, name)
+    text = _read("common.cuh") + "\n" + _read("fuse.cuh")
+    for f in families:
+        text += "\n" + _read(f"{f}.cuh")
+    return text + "\n" + src, fz
+
+
+def _param_list(dtypes, prefix):
+    return ", ".join(f"{np.dtype(d).name} {prefix}{i}_" for i, d in enumerate(dtypes))
+
+
+_PLAN_KERNELS: dict = {}
+
+
+def _skeleton(plan):
+    """The plan without its leaves (a twin must not keep arrays alive)."""
+    from .._plan import Plan
+    s = Plan()
+    for k in Plan.__slots__:
+        setattr(s, k, getattr(plan, k) if k != "leaves" else None)
+    return s
+
+
+def plan_kernel(plan, name):
+    """The cupy.ElementwiseKernel of `plan`, built once per plan key (compiles on first call)."""
+    kern = _PLAN_KERNELS.get(plan.key)
+    if kern is None:
+        cupy = _device.cupy_library()
+        from .._plan import evaluate
+        preamble, fz = plan_preamble(plan, name)
+        ins = _param_list(plan.leaf_dtypes, "in")
+        outs = _param_list([plan.nodes[o][2] for o in plan.outputs], "out")
+        args = ", ".join(f"in{i}_" for i in range(len(plan.leaves)))
+        if len(plan.outputs) == 1:
+            body = f"out0_ = gv::{fz}({args});"
+        else:
+            outa = ", ".join(f"out{k}_" for k in range(len(plan.outputs)))
+            body = f"gv::{fz}({args}, {outa});"
+        kern = cupy.ElementwiseKernel(ins, outs, body, name, preamble=preamble)
+        skel = _skeleton(plan)
+
+        def twin(*args, _skel=skel):
+            outs = evaluate(_skel, _typed_scalars(_skel, args))
+            return outs[0] if len(outs) == 1 else tuple(outs)
+        register_twin(name, twin)
+        _PLAN_KERNELS[plan.key] = kern
+        _UNCOMPILED.add(name)
+    return kern
+
+
+def _kernel_args(plan, device_scalars=False):
+    """The kernel's arguments: arrays, and each scalar as a NumPy scalar of its leaf dtype (a
+    kernel argument: its value is not in the source) or, for a ReductionKernel, a cached 0-d
+    device array (gpuvjp never writes into an array, so one per value serves every call)."""
+    out = []
+    for a, d, s in zip(plan.leaves, plan.leaf_dtypes, plan.leaf_scalar):
+        if s:
+            a = np.dtype(d).type(a)
+            if device_scalars:
+                a = _device_scalar(a)
+        out.append(a)
+    return out
+
+
+_DEVICE_SCALARS: dict = {}
+
+
+def _device_scalar(v):
+    cupy = _device.cupy_library()
+    key = (v.dtype.char, v.tobytes(), cupy.cuda.Device().id)
+    a = _DEVICE_SCALARS.get(key)
+    if a is None:
+        if len(_DEVICE_SCALARS) > 4096:
+            _DEVICE_SCALARS.clear()
+        a = _DEVICE_SCALARS[key] = cupy.asarray(v)
+    return a
+
+
+def _typed_scalars(plan, args):
+    """A twin's arguments with each scalar leaf a NumPy scalar of its leaf dtype, as the kernel
+    reads it (the emulator may pass them as 0-d arrays, or broadcast to the kernel's shape as a
+    ReductionKernel broadcasts its inputs)."""
+    return [np.dtype(d).type(_first(a)) if s else a
+            for a, d, s in zip(args, plan.leaf_dtypes, plan.leaf_scalar)]
+
+
+def _first(a):
+    """The value of a scalar argument, however broadcast (an empty one is never read)."""
+    a = np.asarray(a)
+    return a.flat[0] if a.size else 0
+
+
+_UNCOMPILED: set = set()          # kernels built but never launched (CuPy compiles on launch)
+
+
+def _call_logged(kern, name, *args, **kwargs):
+    if name not in _UNCOMPILED:
+        return _launch(kern, "fuse", name, *args, **kwargs)
+    t0 = time.perf_counter()
+    out = _launch(kern, "fuse", name, *args, **kwargs)
+    _UNCOMPILED.discard(name)
+    _log.logger.debug("compiled %s in %.3f s", name, time.perf_counter() - t0)
+    return out
+
+
+def run_plan(plan, name, dev):
+    """The plan's outputs on `dev` (a list of CuPy arrays), one launch."""
+    cupy = _device.cupy_library()
+    with cupy.cuda.Device(dev.index):
+        out = _call_logged(plan_kernel(plan, name), name, *_kernel_args(plan))
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+def _sum_types(dt):
+    """(accumulator, output) dtypes of gpuvjp's sum: float16 accumulates in float32, integers
+    and bool sum to int64."""
+    dt = np.dtype(dt)
+    if dt == np.float16:
+        return np.dtype(np.float32), dt
+    if dt.kind in "bi":
+        return np.dtype(np.int64), np.dtype(np.int64)
+    return dt, dt
+
+
+def plan_reduction_kernel(plan, name, op):
+    """The cupy.ReductionKernel computing `op` (sum) of `plan`'s output, the plan as its map
+    expression, built once per plan key."""
+    kern = _PLAN_KERNELS.get((plan.key, op.name))
+    if kern is None:
+        cupy = _device.cupy_library()
+        from .._plan import evaluate
+        if op.name != "sum":
+            raise NotImplementedError(f"no fused reduction for {op.name}")
+        preamble, fz = plan_preamble(plan, name)
+        acc, out = _sum_types(plan.nodes[plan.outputs[0]][2])
+        args = ", ".join(f"in{i}_" for i in range(len(plan.leaves)))
+        kern = cupy.ReductionKernel(
+            _param_list(plan.leaf_dtypes, "in"), f"{out.name} dst_",
+            f"({_ctype(acc)})gv::{fz}({args})", "a + b", f"dst_ = ({_ctype(out)})a", "0",
+            name, reduce_type=_ctype(acc), preamble=preamble)
+        skel = _skeleton(plan)
+
+        def twin(*args, axis=None, keepdims=False, _skel=skel):
+            val = evaluate(_skel, _typed_scalars(_skel, args))[0]
+            return op.impl(np, val, dim=axis, keepdim=keepdims)
+        register_twin(name, twin)
+        _PLAN_KERNELS[(plan.key, op.name)] = kern
+        _UNCOMPILED.add(name)
+    return kern
+
+
+def reduce_plan(plan, name, op, params, dev):
+    """sum(plan's output, dim) in one launch: the plan is the reduction's map expression."""
+    cupy = _device.cupy_library()
+    kern = plan_reduction_kernel(plan, name, op)
+    with cupy.cuda.Device(dev.index):
+        return _call_logged(kern, name, *_kernel_args(plan, True), axis=params["dim"],
+                            keepdims=params["keepdim"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _device, _dtype
+from .. import _lazy, _log, profiler as _profiler
 from .._lazy import Pending
 from .._tensor import Tensor
 from ..autograd import _mode
@@ -30,7 +31,7 @@ class Op:
 
     __slots__ = ("name", "impl", "gpu", "vjps", "saves_ans", "saves_inputs", "promote", "twin",
                  "family", "kernel", "kernel_fn", "differentiable", "out_dtype", "moves_device",
-                 "lazy", "takes_pending", "elementwise", "batch_rule", "jvp")
+                 "lazy", "takes_pending", "elementwise", "batch_rule", "jvp", "fuse")
 
     def __init__(self, name, impl, *, promote=SAME, saves_ans=True, saves_inputs=True,
                  differentiable=True, out_dtype=None, elementwise=False):
@@ -48,11 +49,12 @@ class Op:
         self.differentiable = differentiable
         self.out_dtype = out_dtype            # e.g. bool for comparisons; None: from the array
         self.moves_device = False             # to_device: the output lives on params["device"]
-        self.lazy = False                     # on the GPU, return a Pending (see _lazy.py)
-        self.takes_pending = False            # the GPU impl accepts Pending inputs
+        self.lazy = False                     # unused: every fusible op records a Pending
+        self.takes_pending = False            # a reduction whose map expression a DAG can be
         self.elementwise = elementwise        # broadcasting, shape-free: batches and jvps itself
         self.batch_rule = None                # how a leading batch dim passes through
         self.jvp = None                       # forward-mode rule, see defjvp
+        self.fuse = None                      # _kernels.Expr: recorded in fused plans
 
     def __repr__(self):
         return f"<op {self.name}>"
@@ -84,13 +86,17 @@ def defop(name, impl, *, override=False, **kw):
     """Declare an op. `impl` is `impl(xp, *arrays, **params)`, or a NumPy ufunc that CuPy
     also has under the same name. A name already registered raises, so that no declaration
     silently replaces a built-in; `override=True` replaces it on purpose."""
+    from . import _kernels
     if name in REGISTRY and not override:
         raise ValueError(f"an op named {name!r} is already registered; pass override=True "
                          "to replace it")
-    if isinstance(impl, np.ufunc):
+    ufunc = impl if isinstance(impl, np.ufunc) else None
+    if ufunc is not None:
         impl = _ufunc_impl(impl)
         kw.setdefault("elementwise", True)
     op = Op(name, impl, **kw)
+    if op.elementwise:
+        op.fuse = _kernels.expr_for(name, ufunc)
     REGISTRY[name] = op
     return op
 
@@ -116,6 +122,7 @@ def fused(name, family, in_params, out_params, twin, public=None, **kw):
     op.kernel = (in_params, out_params)
     op.kernel_fn = name
     op.gpu = _kernels.elementwise_caller(family, name, in_params, out_params, twin)
+    op.fuse = _kernels.Expr(family=family, fn=name, in_params=in_params)
     return op
 
 
@@ -168,24 +175,40 @@ def apply(op, args, params):
         if promoted is not args:
             args, pending = promoted, True
     gpu = dev.type != "cpu"
+    # ----- compute: record a fusible op in the pending DAG (_lazy.py), or run it now -----
+    fuse = op.fuse is not None and _lazy.ENABLED and not nb and not params
     if pending:                    # a Pending input, or inputs recast: gather the arrays again
-        if op.takes_pending and gpu and not nb:
-            arrays = [a._data if isinstance(a, Tensor) else a for a in args]
-        else:
-            arrays = [a._array() if isinstance(a, Tensor) else a for a in args]
+        arrays = ([a._data if isinstance(a, Tensor) else a for a in args]
+                  if (fuse or op.takes_pending) else
+                  [a._array() if isinstance(a, Tensor) else a for a in args])
+    token = None
     try:
-        if nb:
-            out = _batched(op, args, arrays, params, dev)
-        elif op.lazy and gpu:
-            out = Pending(op, arrays[0])
-        elif not gpu:
-            with _device.compute(dev):         # nan and inf propagate silently, as PyTorch
-                out = op.impl(np, *arrays, **params)
-            if type(out) is not np.ndarray and not op.moves_device:
-                out = np.asarray(out)
+        if fuse:
+            out = _lazy.record(op, arrays, dev)
         else:
-            with _device.compute(dev):
-                out = (op.gpu or op.impl)(_device.cupy_module(), *arrays, **params)
+            out = None
+            if op.takes_pending and arrays and type(arrays[0]) is Pending:
+                if not nb:
+                    out = _lazy.reduce(op, arrays[0], params, dev)
+                if out is None:
+                    arrays[0] = arrays[0].materialize()
+            if out is None:
+                if _profiler.ACTIVE:
+                    token = _profiler.start(dev)
+                if op.elementwise and _lazy.ENABLED and not nb:
+                    _log.fallback(op, "params" if params else "no CUDA expression")
+                if nb:
+                    out = _batched(op, args, arrays, params, dev)
+                elif not gpu:
+                    with _device.compute(dev):         # nan and inf propagate, as PyTorch
+                        out = op.impl(np, *arrays, **params)
+                    if type(out) is not np.ndarray and not op.moves_device:
+                        out = np.asarray(out)
+                else:
+                    with _device.compute(dev):
+                        out = (op.gpu or op.impl)(_device.cupy_module(), *arrays, **params)
+                if token is not None:
+                    _profiler.op_launch(op, arrays, out, token)
     except ValueError as exc:
         raise _explain(op, [a for a in args if isinstance(a, Tensor)], exc) from None
     dt = op.out_dtype or (dt0 if out.dtype is dt0.np else _dtype.from_numpy_dtype(out.dtype))

@@ -7,7 +7,6 @@ import math
 import numpy as np
 
 from .. import _device
-from .._lazy import Pending
 from . import _kernels, _rows
 from . import shape as _shape
 from ..autograd._forward import deflinear
@@ -34,11 +33,6 @@ def _sum_impl(xp, x, dim, keepdim):
 
 
 def _sum_gpu(xp, x, dim, keepdim):
-    """A pending elementwise input (exp) runs inside the reduction's map expression."""
-    if type(x) is Pending:
-        if x.value is None:
-            return _kernels.map_sum(x.op, x.src, dim, keepdim)
-        x = x.value
     out = _rows.reduce("sum", xp, x, dim, keepdim)          # GPUVJP_ROW_KERNELS=1
     return _sum_impl(xp, x, dim, keepdim) if out is None else out
 
@@ -55,9 +49,9 @@ def keep(g, dims, keepdim, shape):
 # y = sum(x, dims); the gradient is g broadcast back over the reduced dims (a view, no copy)
 sum_op = defop("sum", _sum_impl, promote=KEEP, saves_ans=False,
                saves_inputs=False)
-sum_op.gpu = _sum_gpu
-sum_op.takes_pending = True
+sum_op.takes_pending = True          # a pending DAG is its map expression (_lazy.reduce)
 defvjp(sum_op, lambda g, ans, x, dim, keepdim: keep(g, dim, keepdim, x.shape))
+sum_op.gpu = _sum_gpu
 deflinear(sum_op)
 
 

@@ -34,12 +34,21 @@ defvjp(neg, lambda g, ans, x: -g)
 
 # ----- exp -----------------------------------------------------------------------------------
 # y = exp(x), dy/dx = exp(x). The first-order rule recomputes exp(x) inside one fused launch
-# instead of keeping y alive: same bytes read, and y is never stored for the backward. On the
-# GPU exp is lazy, so x.exp().sum(dim) is one reduction pass that never writes y.
+# instead of keeping y alive: same bytes read, and y is never stored for the backward. Fused,
+# x.exp().sum(dim) is one reduction pass that never writes y.
 exp = fused("exp_fwd", "unary", "T x", "T y", twin=np.exp, promote=FLOAT, saves_ans=False,
             public="exp")
-exp.lazy = True
-exp_bwd = fused("exp_bwd", "unary", "T g, T x", "T gx", twin=lambda g, x: g * np.exp(x))
+
+
+def _exp_bwd_twin(g, x):
+    e = np.exp(x)
+    if type(e) is np.ndarray and e.shape == np.broadcast_shapes(np.shape(g), e.shape) and \
+            e.dtype == np.result_type(g, e):
+        return np.multiply(g, e, out=e)         # the same values, one buffer fewer
+    return g * e
+
+
+exp_bwd = fused("exp_bwd", "unary", "T g, T x", "T gx", twin=_exp_bwd_twin)
 defvjp(exp, lambda g, ans, x: exp_bwd(g, x))
 defvjp(exp_bwd, lambda gg, _, g, x: exp_bwd(gg, x),
                 lambda gg, _, g, x: exp_bwd(gg * g, x))

@@ -19,7 +19,7 @@ from gpuvjp.testing import _fake_cupy as fc
 
 
 def _clear_kernel_caches():
-    for fn in (_kernels.elementwise, _kernels.sum_of, _kernels.reduction_kernel,
+    for fn in (_kernels.elementwise, _kernels.reduction_kernel,
                _kernels.scatter_kernel):
         fn.cache_clear()
 
