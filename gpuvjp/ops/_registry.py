@@ -31,7 +31,8 @@ class Op:
 
     __slots__ = ("name", "impl", "gpu", "vjps", "saves_ans", "saves_inputs", "promote", "twin",
                  "family", "kernel", "kernel_fn", "differentiable", "out_dtype", "moves_device",
-                 "lazy", "takes_pending", "elementwise", "batch_rule", "jvp", "fuse")
+                 "lazy", "takes_pending", "elementwise", "batch_rule", "jvp", "fuse",
+                 "bool_error")
 
     def __init__(self, name, impl, *, promote=SAME, saves_ans=True, saves_inputs=True,
                  differentiable=True, out_dtype=None, elementwise=False):
@@ -55,6 +56,7 @@ class Op:
         self.batch_rule = None                # how a leading batch dim passes through
         self.jvp = None                       # forward-mode rule, see defjvp
         self.fuse = None                      # _kernels.Expr: recorded in fused plans
+        self.bool_error = None                # PyTorch's message for bool operands (neg, sub)
 
     def __repr__(self):
         return f"<op {self.name}>"
@@ -209,8 +211,8 @@ def apply(op, args, params):
                         out = (op.gpu or op.impl)(_device.cupy_module(), *arrays, **params)
                 if token is not None:
                     _profiler.op_launch(op, arrays, out, token)
-    except ValueError as exc:
-        raise _explain(op, [a for a in args if isinstance(a, Tensor)], exc) from None
+    except (ValueError, TypeError) as exc:
+        raise _explain(op, args, exc) from None
     dt = op.out_dtype or (dt0 if out.dtype is dt0.np else _dtype.from_numpy_dtype(out.dtype))
     if op.moves_device:
         dev = params["device"]
@@ -275,10 +277,16 @@ def shift_dims_rule(xp, impl, args, arrays, flags, params):
     return xp.asarray(impl(xp, *arrays, **p))
 
 
-def _explain(op, tensors, exc):
-    """PyTorch's RuntimeError for operands that do not broadcast; other array-library
-    ValueErrors become a RuntimeError that names the op."""
+def _explain(op, args, exc):
+    """PyTorch's RuntimeError for operands that do not broadcast, or bool operands an op refuses
+    (other TypeErrors are left as they are); other array-library ValueErrors become a
+    RuntimeError that names the op."""
     from ._util import broadcast_shapes
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    if isinstance(exc, TypeError):
+        if op.bool_error is not None and any(t._dtype is _dtype.bool_ for t in tensors):
+            return RuntimeError(op.bool_error(args))
+        return exc
     if op.elementwise and len(tensors) > 1:
         shape = tensors[0].shape
         for t in tensors[1:]:
@@ -309,6 +317,8 @@ def _promote(op, args, tensors, dev):
     move 0-d CPU tensors onto the op's device. Python scalars stay as they are: NumPy and CuPy
     treat them as weak, so they never widen the result (PyTorch's rule)."""
     first = tensors[0]._dtype
+    if op.bool_error is not None and any(t._dtype is _dtype.bool_ for t in tensors):
+        raise RuntimeError(op.bool_error(args))
     if len(tensors) == len(args) and (op.promote is not FLOAT or first.is_floating_point) \
             and all(t._dtype is first and t._dev is dev for t in tensors):
         return args

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _dtype
+from .._tensor import Tensor
 from ._registry import FLOAT, KEEP, defop, defvjp, fused
 from ._util import broadcast_shapes
 
@@ -14,6 +16,17 @@ defvjp(add_, lambda g, ans, x, y: g, lambda g, ans, x, y: g)
 
 sub_ = defop("sub", np.subtract, saves_ans=False,
              saves_inputs=False)
+def _bool_operands(args):
+    """How many operands are bool, Python's True and False included (PyTorch counts them)."""
+    return sum(a._dtype is _dtype.bool_ if isinstance(a, Tensor) else type(a) is bool
+               for a in args)
+
+
+sub_.bool_error = lambda args: (
+    "Subtraction, the `-` operator, with two bool tensors is not supported. Use the `^` or "
+    "`logical_xor()` operator instead." if _bool_operands(args) == 2 else
+    "Subtraction, the `-` operator, with a bool tensor is not supported. If you are trying to "
+    "invert a mask, use the `~` or `logical_not()` operator instead.")
 defvjp(sub_, lambda g, ans, x, y: g, lambda g, ans, x, y: -g)
 
 mul = defop("mul", np.multiply, saves_ans=False)

@@ -30,6 +30,9 @@ zeros_like_ = defop("zeros_like", lambda xp, x: xp.zeros_like(x), promote=KEEP,
 # ----- neg ---------------------------------------------------------------------------------
 neg = defop("neg", np.negative, saves_ans=False,
             saves_inputs=False)
+neg.bool_error = lambda args: ("Negation, the `-` operator, on a bool tensor is not supported. If "
+                            "you are trying to invert a mask, use the `~` or `logical_not()` "
+                            "operator instead.")
 defvjp(neg, lambda g, ans, x: -g)
 
 # ----- exp -----------------------------------------------------------------------------------
@@ -96,8 +99,13 @@ defvjp(relu, lambda g, ans, x: relu_bwd(g, ans))
 defvjp(relu_bwd, lambda gg, _, g, ans: relu_bwd(gg, ans), lambda gg, _, g, ans: zeros_like_(gg))
 
 # ----- abs, sign -------------------------------------------------------------------------------
-sign = defop("sign", lambda xp, x: xp.where(xp.isnan(x), x.dtype.type(0), xp.sign(x)),
-             saves_ans=False, elementwise=True)      # sign(nan) = 0, as PyTorch
+def _sign_impl(xp, x):
+    if x.dtype == np.bool_:                  # sign(True) = True, as PyTorch
+        return x.copy()
+    return xp.where(xp.isnan(x), x.dtype.type(0), xp.sign(x))      # sign(nan) = 0, as PyTorch
+
+
+sign = defop("sign", _sign_impl, saves_ans=False, elementwise=True)
 defvjp(sign, lambda g, ans, x: g * 0)
 
 abs_ = defop("abs", np.absolute, saves_ans=False)

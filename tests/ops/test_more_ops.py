@@ -491,6 +491,13 @@ MESSAGES = {
     "norm_nuc_dims_before_dtype": lambda m, x: x.norm("nuc", dim=(0, 0), dtype=m.float16),
     "mean_int": lambda m, x: x.long().mean(),
     "where_int_condition": lambda m, x: m.where(x.long(), x, x),
+    "neg_bool": lambda m, x: -(x > 3),
+    "neg_bool_function": lambda m, x: m.neg(x > 3),
+    "sub_two_bools": lambda m, x: (x > 3) - (x < 5),
+    "sub_bool_and_python_bool": lambda m, x: (x > 3) - True,
+    "sub_bool_and_int": lambda m, x: (x > 3) - 1,
+    "sub_int_and_bool": lambda m, x: 1 - (x > 3),
+    "sub_float_and_bool": lambda m, x: m.sub(x, x > 3),
 }
 
 
@@ -504,3 +511,11 @@ def test_error_messages(name, device):
     with pytest.raises(want.type) as got:
         f(gv, gv.tensor(x, device=device))
     assert str(got.value) == str(want.value)
+
+
+@needs_torch
+def test_sign_of_bool_is_bool_as_torch(device):
+    x = np.array([True, False, True])
+    got, want = gv.sign(gv.tensor(x, device=device)), torch.sign(torch.tensor(x))
+    assert got.dtype == gv.bool and want.dtype == torch.bool
+    np.testing.assert_array_equal(got.cpu().numpy(), want.numpy())
