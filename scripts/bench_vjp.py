@@ -10,6 +10,13 @@ repeat count is sized to ~0.5 s per workload (5 to 200 calls). `floor` is the fe
 bytes the call must move (each input read once, each output written once) over a copy
 bandwidth measured in the same run (bytes read plus bytes written).
 
+Workloads: W1 `x.exp().sum(dim=1)` (exp_reducer); W2 a float32 chain of 16 elementwise ops (tanh,
+sin, mul and add by scalars, exp of a small value, square) then sum; W3 a 3-layer tanh MLP, the
+vjp with respect to its three weights; W4 the adder (2,) and exp_reducer 4x4. On the CPU a
+hand-written NumPy peer (`numpy`) runs W1 and W2, recomputing the forward chain in its backward
+as gpuvjp's fused plan does. `first call` is gpuvjp's first call (kernel compiles included),
+`kernels` the kernels one gpuvjp call runs (gv.profiler).
+
     python3 scripts/bench_vjp.py [--device cpu|cuda|all] [--out FILE] [--quick]
     python3 scripts/bench_vjp.py --per-call [--device ...] [--calls N]   (bench_percall.py)
 """
@@ -60,6 +67,20 @@ def adder(m, x, y):
     return 2 * x + 3 * y
 
 
+def chain16(m, x):
+    """W2: 16 elementwise ops, then sum."""
+    u = x
+    for _ in range(2):
+        u = m.sin(m.tanh(u)) * 0.75 + 0.25
+        u = m.square(m.exp(u * 0.1)) + 0.25
+    return m.sum(u)
+
+
+def mlp3(m, x, w1, w2, w3):
+    """W3: a 3-layer tanh MLP on the constant batch x."""
+    return m.tanh(m.tanh(m.tanh(x @ w1) @ w2) @ w3)
+
+
 @dataclasses.dataclass
 class Workload:
     name: str
@@ -68,6 +89,9 @@ class Workload:
     make: Callable       # rng -> (inputs: list of float32 arrays, v: float32 array)
     ref: Callable        # (inputs, v) -> (out, grads), float64 NumPy
     nbytes: int          # fewest bytes one call moves
+    numpy: Callable = None   # hand-written NumPy (inputs, v) -> (out, grads), or None
+    consts: int = 0          # leading inputs that are constants (no gradient)
+    normwise: bool = False   # matmul results: errors measured against the largest magnitude
 
 
 def uniform(rng, shape):
@@ -86,8 +110,92 @@ def exp_reducer_workload(n):
         e = np.exp(inputs[0].astype(np.float64))
         return e.sum(axis=1), (e * v[:, None],)
 
+    def by_hand(inputs, v):        # forward, then a backward that recomputes exp(x)
+        x = inputs[0]
+        out = np.exp(x).sum(axis=1)
+        gx = np.exp(x)
+        gx *= v[:, None]
+        return out, (gx,)
+
     # read x and v, write out and the grad
-    return Workload("exp_reducer", (n, n), exp_reducer, make, ref, (2 * n * n + 2 * n) * 4)
+    return Workload("exp_reducer", (n, n), exp_reducer, make, ref, (2 * n * n + 2 * n) * 4,
+                    by_hand)
+
+
+def _chain_by_hand(x, v):
+    """W2 in NumPy: the forward into one buffer; the backward recomputes the chain, carrying
+    the derivative alongside (every op is elementwise, so gx = v * prod f_i'(u_i))."""
+    u = x.copy()
+    for _ in range(2):
+        np.tanh(u, out=u)
+        np.sin(u, out=u)
+        u *= 0.75
+        u += 0.25
+        u *= 0.1
+        np.exp(u, out=u)
+        np.square(u, out=u)
+        u += 0.25
+    out = u.sum()
+    u = x.copy()
+    d = np.full_like(x, v)
+    t = np.empty_like(x)
+    for _ in range(2):
+        np.tanh(u, out=u)
+        np.multiply(u, u, out=t)
+        np.subtract(1, t, out=t)
+        d *= t
+        np.cos(u, out=t)
+        d *= t
+        np.sin(u, out=u)
+        d *= 0.75 * 0.1
+        u *= 0.75
+        u += 0.25
+        u *= 0.1
+        np.exp(u, out=u)
+        d *= u
+        d *= u
+        d *= 2
+        np.square(u, out=u)
+        u += 0.25
+    return np.asarray(out), (d,)
+
+
+def chain_workload(n):
+    def make(rng):
+        return [uniform(rng, (n,))], np.ones((), np.float32)
+
+    def ref(inputs, v):
+        x = inputs[0].astype(np.float64)
+        out, (g,) = _chain_by_hand(x, float(v))
+        return out, (g,)
+
+    # read x twice (forward, backward), write the grad
+    return Workload("chain16", (n,), chain16, make, ref, 3 * n * 4,
+                    lambda inputs, v: _chain_by_hand(inputs[0], v))
+
+
+def mlp_workload(width, batch):
+    def make(rng):
+        s = np.float32(1 / np.sqrt(width))
+        return ([uniform(rng, (batch, width))] + [uniform(rng, (width, width)) * s
+                                                  for _ in range(3)],
+                np.ones((batch, width), np.float32))
+
+    def ref(inputs, v):
+        x, *ws = (a.astype(np.float64) for a in inputs)
+        hs = [x]
+        for w in ws:
+            hs.append(np.tanh(hs[-1] @ w))
+        g, grads = v.astype(np.float64), []
+        for h_in, h, w in reversed(list(zip(hs[:-1], hs[1:], ws))):
+            g = g * (1 - h * h)
+            grads.append(h_in.T @ g)
+            g = g @ w.T
+        return hs[-1], tuple(reversed(grads))
+
+    # read x, the weights and v, write out and three weight grads
+    nbytes = (2 * batch * width + 6 * width * width + batch * width) * 4
+    return Workload("mlp3", (batch, width), mlp3, make, ref, nbytes, consts=1, normwise=True)
 
 
 def adder_workload(shape):
@@ -104,14 +212,16 @@ def adder_workload(shape):
 
 
 def workloads(device, quick):
+    """W1 exp_reducer, W2 chain16, W3 mlp3, W4 adder (2,) and exp_reducer 4x4."""
     if quick:
-        sizes, big_adder = ([4, 256], (256, 256)) if device == "cpu" else ([4, 1024], (1024, 1024))
+        sizes, chains, mlp = [4, 256], [1000, 100_000], (64, 64)
     elif device == "cpu":
-        sizes, big_adder = [4, 1024, 4096], (1024, 1024)
+        sizes, chains, mlp = [4, 2048, 4096], [1000, 1_000_000, 10_000_000], (512, 512)
     else:
-        sizes, big_adder = [4, 1024, 4096, 16384], (4096, 4096)
+        sizes, chains, mlp = [4, 4096, 16384], [1000, 10_000_000, 100_000_000], (4096, 4096)
     return ([exp_reducer_workload(n) for n in sizes]
-            + [adder_workload((2,)), adder_workload(big_adder)])
+            + [chain_workload(n) for n in chains]
+            + [mlp_workload(*mlp), adder_workload((2,))])
 
 
 # ----- libraries --------------------------------------------------------------
@@ -131,8 +241,9 @@ class Gpuvjp:
     def prepare(self, wl, inputs, v):
         xs = tuple(gv.tensor(a, device=self.device) for a in inputs)
         tv = gv.tensor(v, device=self.device)
+        consts, xs = xs[:wl.consts], xs[wl.consts:]
         args = xs if len(xs) > 1 else xs[0]
-        return lambda: gv.vjp(lambda *t: wl.func(gv, *t), args, tv)
+        return lambda: gv.vjp(lambda *t: wl.func(gv, *consts, *t), args, tv)
 
     def sync(self):
         if self.device == "cuda":
@@ -158,8 +269,10 @@ class Torch:
     def prepare(self, wl, inputs, v):
         xs = tuple(torch.from_numpy(a).to(self.device) for a in inputs)
         tv = torch.from_numpy(v).to(self.device)
+        consts, xs = xs[:wl.consts], xs[wl.consts:]
         args = xs if len(xs) > 1 else xs[0]
-        return lambda: torch.autograd.functional.vjp(lambda *t: wl.func(torch, *t), args, tv)
+        return lambda: torch.autograd.functional.vjp(lambda *t: wl.func(torch, *consts, *t),
+                                                     args, tv)
 
     def sync(self):
         if self.device == "cuda":
@@ -180,7 +293,8 @@ class Jax:
     def __init__(self, jax, dev):
         self.jax, self.dev = jax, dev
         jnp = jax.numpy
-        self.m = types.SimpleNamespace(exp=jnp.exp, sum=lambda x, dim: jnp.sum(x, axis=dim))
+        self.m = types.SimpleNamespace(exp=jnp.exp, sum=lambda x, dim=None: jnp.sum(x, axis=dim),
+                                       tanh=jnp.tanh, sin=jnp.sin, square=jnp.square)
         self.jitted = {}    # one compiled function per workload, shared by its input sets
 
     def prepare(self, wl, inputs, v):
@@ -190,7 +304,8 @@ class Jax:
         key = (wl.name, wl.shape)
         if key not in self.jitted:
             def run(v, *xs):
-                out, pullback = jax.vjp(lambda *t: wl.func(self.m, *t), *xs)
+                consts, xs = xs[:wl.consts], xs[wl.consts:]
+                out, pullback = jax.vjp(lambda *t: wl.func(self.m, *consts, *t), *xs)
                 return out, pullback(v)
             self.jitted[key] = jax.jit(run)
         run = self.jitted[key]
@@ -206,6 +321,25 @@ class Jax:
     def free(self):
         self.jitted.clear()
         self.jax.clear_caches()
+
+
+class Numpy:
+    """Hand-written NumPy (the workload's `numpy`), on the CPU only."""
+    name = "numpy"
+
+    def prepare(self, wl, inputs, v):
+        if wl.numpy is None:
+            return None
+        return lambda: wl.numpy(inputs, v)
+
+    def sync(self):
+        pass
+
+    def to_numpy(self, res):
+        return res
+
+    def free(self):
+        pass
 
 
 def load_jax():
@@ -226,6 +360,8 @@ def libraries(device):
     libs = [Gpuvjp(device)] if device == "cpu" or gv.cuda.is_available() else []
     if torch is not None and (device == "cpu" or torch.cuda.is_available()):
         libs.append(Torch(device))
+    if device == "cpu":
+        libs.append(Numpy())
     if device == "cuda":
         jax_gpu = load_jax()
         if jax_gpu is not None:
@@ -308,24 +444,30 @@ def time_interleaved(calls, row, quick):
     return times
 
 
-def allclose(a, b, chunk=1 << 24):
-    """np.allclose over float32 results, chunked so 1 GiB results need little memory."""
+def allclose(a, b, normwise=False, chunk=1 << 24):
+    """np.allclose over float32 results, chunked so 1 GiB results need little memory. With
+    `normwise` the absolute tolerance is RTOL times b's largest magnitude: a float32 matmul's
+    rounding error scales with its operands, not with each (possibly cancelled) result."""
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         return False
     a, b = a.reshape(-1), b.reshape(-1)
-    return all(np.allclose(a[i:i + chunk], b[i:i + chunk], rtol=RTOL, atol=ATOL)
+    atol = ATOL
+    if normwise and b.size:
+        atol = max(ATOL, RTOL * float(np.max(np.abs(b))))
+    return all(np.allclose(a[i:i + chunk], b[i:i + chunk], rtol=RTOL, atol=atol)
                for i in range(0, a.size, chunk))
 
 
-def mismatch(got, want):
+def mismatch(got, want, normwise=False):
     """'' if (out, grads) agree, else which part does not."""
     (out, grads), (want_out, want_grads) = got, want
-    if not allclose(out, want_out):
+    if not allclose(out, want_out, normwise):
         return "out"
     if len(grads) != len(want_grads):
         return "vjp arity"
-    bad = [i for i, (g, w) in enumerate(zip(grads, want_grads)) if not allclose(g, w)]
+    bad = [i for i, (g, w) in enumerate(zip(grads, want_grads))
+           if not allclose(g, w, normwise)]
     return f"vjp[{','.join(map(str, bad))}]" if bad else ""
 
 
@@ -335,19 +477,32 @@ def run_workload(wl, device, libs, quick, bandwidth):
     rng = np.random.default_rng(0)
     nsets = ROTATE if wl.nbytes < SMALL_INPUTS else 1
     data = [wl.make(rng) for _ in range(nsets)]
-    row = {"times": {}, "fails": [], "floor": wl.nbytes / bandwidth}
+    row = {"times": {}, "fails": [], "floor": wl.nbytes / bandwidth, "first": {}}
     calls, results = {}, {}
     for lib in libs:
         def first_call():    # also compiles, and gives the result to check
-            calls[lib] = [lib.prepare(wl, inputs, v) for inputs, v in data]
+            lib.sync()
+            t0 = time.perf_counter()
+            prepared = [lib.prepare(wl, inputs, v) for inputs, v in data]
+            if prepared[0] is None:            # the library has no version of this workload
+                return None
+            calls[lib] = prepared
             results[lib.name] = lib.to_numpy(calls[lib][0]())
-        if attempt(row, lib, first_call) is False:
+            row["first"][lib.name] = time.perf_counter() - t0
+            return True
+        if attempt(row, lib, first_call) in (False, None):
             calls.pop(lib, None)
     for lib, times in time_interleaved(calls, row, quick).items():
         row["times"][lib.name] = statistics.median(times)
         print(f"#   {lib.name:7s} median {fmt(statistics.median(times))}  "
               f"min {fmt(min(times))}  max {fmt(max(times))}  reps {len(times)}",
               file=sys.stderr)
+    for lib, cs in calls.items():
+        if lib.name == "gpuvjp":
+            with gv.profiler.profile() as prof:
+                cs[0]()
+                lib.sync()
+            row["kernels"] = prof.launches
     calls = None
     gc.collect()
     for lib in libs:
@@ -355,7 +510,7 @@ def run_workload(wl, device, libs, quick, bandwidth):
     want = results.get("torch") or wl.ref(*data[0])
     row["checked"] = [name for name in results if name != "torch"]
     for name in row["checked"]:
-        if bad := mismatch(results[name], want):
+        if bad := mismatch(results[name], want, wl.normwise):
             row["fails"].append(f"FAIL {name} {bad}")
     return row
 
@@ -376,18 +531,22 @@ def fmt(seconds):
 
 def table_row(wl, device, row):
     t = row["times"]
-    g, tt = t.get("gpuvjp"), t.get("torch")
-    ratio = f"{tt / g:.2f}" if isinstance(g, float) and isinstance(tt, float) else "-"
+    g, tt, tn = t.get("gpuvjp"), t.get("torch"), t.get("numpy")
+
+    def ratio(other):
+        return f"{other / g:.2f}" if isinstance(g, float) and isinstance(other, float) else "-"
     check = "; ".join(row["fails"]) or ("ok" if row["checked"] else "-")
     shape = "x".join(map(str, wl.shape))
-    cells = [wl.name, device, shape, fmt(g), fmt(tt), ratio, fmt(t.get("jax")),
-             fmt(row["floor"]), check]
+    cells = [wl.name, device, shape, fmt(g), fmt(tt), ratio(tt), fmt(t.get("jax")), fmt(tn),
+             ratio(tn), fmt(row["floor"]), fmt(row.get("first", {}).get("gpuvjp")),
+             str(row.get("kernels", "-")), check]
     return "| " + " | ".join(cells) + " |"
 
 
 TABLE_HEAD = ("| workload | device | shape | gpuvjp median | torch median | torch/gpuvjp "
-              "| jax median | floor | check |\n"
-              "|---|---|---|---:|---:|---:|---:|---:|---|")
+              "| jax median | numpy median | numpy/gpuvjp | floor | first call | kernels "
+              "| check |\n"
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 
 
 def version(dists, module=None):

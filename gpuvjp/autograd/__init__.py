@@ -7,8 +7,8 @@ from .._tensor import Tensor
 from ._graph import run_backward
 from ._mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 
-__all__ = ["backward", "grad", "functional", "Function", "function", "no_grad", "enable_grad", "set_grad_enabled",
-           "is_grad_enabled", "gradcheck", "gradgradcheck"]
+__all__ = ["backward", "grad", "functional", "Function", "function", "no_grad", "enable_grad",
+           "set_grad_enabled", "is_grad_enabled", "gradcheck", "gradgradcheck"]
 
 
 def _tensors(x, what):
