@@ -18,6 +18,11 @@ record Pendings that read the forward's Pendings. A forward value is in memory o
 something above materialised it; the backward then reads it instead.
 
 Materialisation takes one lock, so a Pending read from several threads is computed once.
+
+On the CPU, a DAG under 2 * `_plan.CHUNK` elements is computed without building its Plan
+(`_direct`) unless a profile is open: the same NumPy calls in the same dependency order, so
+the values are the plan's, and a tiny call (host-bound) does not pay for a plan it would run
+once. Under `gv.profiler` the Plan is always built, so the records are the GPU's kernels.
 """
 
 from __future__ import annotations
@@ -121,33 +126,30 @@ def _probe(op, arrays, sig):
 
 # ----- materialisation ----------------------------------------------------------------------
 def force(tensors):
-    """Materialise the pending data of `tensors` (Tensors, None, nested tuples): one kernel
-    per device and shape."""
-    flat = list(_flat(tensors))
-    todo = []
-    for t in flat:
-        d = getattr(t, "_data", None)
-        if type(d) is Pending and d.value is None:
-            todo.append(d)
+    """Materialise the pending data of `tensors` (Tensors, None, nested tuples and lists): one
+    kernel per device and shape. Costs one pass over the items when nothing is pending."""
+    held = []                 # (tensor, its Pending)
+    stack = [tensors]
+    while stack:
+        items = stack.pop()
+        for t in items:
+            if isinstance(t, (tuple, list)):
+                stack.append(t)
+                continue
+            d = getattr(t, "_data", None)
+            if type(d) is Pending:
+                held.append((t, d))
+    if not held:
+        return
+    todo = [d for _, d in held if d.value is None]
     if todo:
         force_pending(todo)
-    for t in flat:
-        d = getattr(t, "_data", None)
-        if type(d) is Pending:
-            t._data = d.value
-
-
-def _flat(items):
-    for t in items:
-        if isinstance(t, (tuple, list)):
-            yield from _flat(t)
-        else:
-            yield t
+    for t, d in held:
+        t._data = d.value
 
 
 def force_pending(pendings):
     """Compute the Pendings not yet computed, those of one shape and device in one kernel."""
-    from . import _plan
     with _LOCK:
         groups, seen = {}, set()
         for p in pendings:
@@ -155,39 +157,83 @@ def force_pending(pendings):
                 seen.add(id(p))
                 groups.setdefault((p.shape, p.dev), []).append(p)
         for group in groups.values():
-            plan = _plan.build(group)
-            outs = _run(plan, group[0].dev)
+            if _small_on_cpu(group[0]):
+                outs = _direct(group)
+            else:
+                outs = _run(_plan.build(group), group[0].dev)
             for p, v in zip(group, outs):
                 p.value = v
                 p.args = None
 
 
+def _small_on_cpu(p):
+    """A DAG the CPU computes without building its plan: under 2 * CHUNK elements the plan's
+    evaluation runs unblocked anyway, and building it costs more than running it."""
+    return p.dev.type == "cpu" and not _profiler.ACTIVE and p.size <= 2 * _plan.CHUNK
+
+
+def _direct(group):
+    """The values of the Pendings `group` on the CPU: each node's NumPy implementation over
+    its arguments, each node once (the very calls `_plan.evaluate` makes, in the same order
+    of dependencies), with no Plan built."""
+    memo = {}
+    with _device.compute(_device.CPU):   # nan and inf propagate silently
+        for root in group:
+            if root.depth == 1:          # reads no pending value: the common tiny case
+                memo[id(root)] = _call(root, memo)
+                continue
+            stack = [root]
+            while stack:
+                q = stack[-1]
+                if id(q) in memo:
+                    stack.pop()
+                    continue
+                todo = [a for a in q.args
+                        if type(a) is Pending and a.value is None and id(a) not in memo]
+                if todo:
+                    stack.extend(todo)
+                    continue
+                stack.pop()
+                memo[id(q)] = _call(q, memo)
+    return [memo[id(p)] for p in group]
+
+
+def _call(q, memo):
+    v = q.op.impl(np, *[a if type(a) is not Pending else
+                        a.value if a.value is not None else memo[id(a)] for a in q.args])
+    return v if type(v) is np.ndarray else np.asarray(v)
+
+
 def _run(plan, dev):
-    from . import _plan
-    from . import profiler as _profiler
-    name = _plan.kernel_name(plan)
-    token = _profiler.start(dev) if _profiler.ACTIVE else None
-    if dev.type == "cpu":
+    profiling = bool(_profiler.ACTIVE)
+    token = _profiler.start(dev) if profiling else None
+    if dev.type == "cpu":           # the CPU needs no kernel name (nor the key) unless profiled
         outs = _plan.evaluate(plan)
     else:
         from .ops import _kernels
-        outs = _kernels.run_plan(plan, name, dev)
-    if _profiler.ACTIVE:
-        _plan.record(plan, name, outs, token=token)
+        outs = _kernels.run_plan(plan, _plan.kernel_name(plan), dev)
+    if profiling:
+        _plan.record(plan, _plan.kernel_name(plan), outs, token=token)
     return outs
 
 
 def reduce(op, x, params, dev):
     """`op` (a reduction declaring `takes_pending`: sum) of the pending DAG `x` in one kernel:
     the DAG is its map expression and is never written."""
-    from . import _plan
-    from . import profiler as _profiler
+    if _small_on_cpu(x):
+        with _LOCK:
+            if x.value is not None:
+                return None
+            v = _direct([x])[0]
+        with _device.compute(_device.CPU):   # nan and inf propagate silently
+            return np.asarray(op.impl(np, v, **params))
+    profiling = bool(_profiler.ACTIVE)
     with _LOCK:
         if x.value is not None:
             return None
         plan = _plan.build([x])
-    name = _plan.kernel_name(plan) + f"_{op.name}"
-    token = _profiler.start(dev) if _profiler.ACTIVE else None
+    name = _plan.kernel_name(plan) + f"_{op.name}" if profiling or dev.type != "cpu" else None
+    token = _profiler.start(dev) if profiling else None
     if dev.type == "cpu":
         with _device.compute(_device.CPU):   # nan and inf propagate silently
             dims = params.get("dim")
@@ -198,6 +244,10 @@ def reduce(op, x, params, dev):
     else:
         from .ops import _kernels
         out = _kernels.reduce_plan(plan, name, op, params, dev)
-    if _profiler.ACTIVE:
+    if profiling:
         _plan.record(plan, name, [out], extra_ops=[op.name], token=token)
     return out
+
+
+from . import _plan  # noqa: E402  (it reads Pending from this module)
+from . import profiler as _profiler  # noqa: E402

@@ -47,11 +47,23 @@ class Plan:
     `leaf_dtypes` (a scalar's is its consumer's computation dtype) and `leaf_scalar`;
     `outputs` the node indices written to memory; `uses[j]` how many refs read node j."""
 
-    __slots__ = ("key", "nodes", "leaves", "leaf_dtypes", "leaf_scalar", "outputs", "uses",
+    __slots__ = ("_key", "nodes", "leaves", "leaf_dtypes", "leaf_scalar", "outputs", "uses",
                  "shape")
 
     def ops(self):
         return [n[0].name for n in self.nodes]
+
+    @property
+    def key(self):
+        """The cache key, built only where a kernel or a name is needed (never on the CPU's
+        unprofiled path)."""
+        k = self._key
+        if k is None:
+            k = self._key = (
+                tuple((op.name, refs, dt.char, c.char) for op, refs, dt, c in self.nodes),
+                tuple(d.char for d in self.leaf_dtypes), tuple(self.leaf_scalar),
+                tuple(self.outputs))
+        return k
 
 
 def build(roots):
@@ -59,7 +71,7 @@ def build(roots):
     index = {}
     leaf_of = {}
     leaves, dtypes, scalar = [], [], []
-    nodes, key = [], []
+    nodes = []
     stack = [(r, False) for r in reversed(roots)]
     while stack:
         p, done = stack.pop()
@@ -96,7 +108,6 @@ def build(roots):
         refs = tuple(refs)
         index[id(p)] = len(nodes)
         nodes.append((p.op, refs, p.dtype, compute))
-        key.append((p.op.name, refs, p.dtype.char, compute.char))
     plan = Plan()
     plan.nodes = nodes
     plan.leaves = leaves
@@ -110,7 +121,7 @@ def build(roots):
             if r >= 0:
                 uses[r] += 1
     plan.uses = uses
-    plan.key = (tuple(key), tuple(d.char for d in dtypes), tuple(scalar), tuple(plan.outputs))
+    plan._key = None
     return plan
 
 

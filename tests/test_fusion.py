@@ -328,3 +328,48 @@ def test_blocked_cpu_evaluation_equals_unfused(shape, rng, unfused):
         plain = run()
     for a, b in zip(fused, plain):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_small_cpu_dags_run_without_a_plan_and_equal_the_plan(dtype, rng, monkeypatch):
+    x = gv.tensor(rng.uniform(-1, 1, (3, 5)).astype(dtype))
+
+    def run():
+        t = _chain(x, 16)
+        u = (t * x).tanh() + t                   # t is read twice: computed once
+        s = (u * 2).sum(dim=1)                   # a DAG as the reduction's map expression
+        return [s.numpy(), u.numpy()]
+
+    with gv.profiler.profile() as prof:          # profiled: the plan path, its records
+        planned = run()
+    assert prof.launches == 2, prof.table()
+
+    def no_plan(roots):
+        raise AssertionError("a small unprofiled CPU DAG built a plan")
+    monkeypatch.setattr(_plan, "build", no_plan)
+    direct = run()
+    for a, b in zip(direct, planned):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("workload", ["w1", "w2", "softmax"])
+def test_the_profiler_reads_the_same_on_cuda_as_on_cpu(workload, rng):
+    """CPU tests assert launch counts and bytes because the plan is the same on both devices:
+    the records of one vjp on cuda equal those on the CPU, kernel for kernel."""
+    x = rng.uniform(-1, 1, (64, 48)).astype(np.float32)
+    funcs = {"w1": lambda t: t.exp().sum(dim=1), "w2": lambda t: _chain(t, 16).sum(),
+             "softmax": lambda t: F.softmax(t, dim=1)}
+    v = {"w1": np.ones(64, np.float32), "w2": None, "softmax": np.ones_like(x)}[workload]
+
+    def records(device):
+        t = gv.tensor(x, device=device)
+        tv = None if v is None else gv.tensor(v, device=device)
+        with gv.profiler.profile() as prof:
+            gv.vjp(funcs[workload], t, tv)
+        return [(k.name, k.ops, k.elements, k.bytes_read, k.bytes_written)
+                for k in prof.kernels]
+
+    cpu = records("cpu")
+    assert cpu and records("cuda") == cpu
