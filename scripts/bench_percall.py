@@ -34,6 +34,7 @@ try:
 except ImportError:     # run from a source tree without PYTHONPATH: use that tree
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import gpuvjp as gv
+from gpuvjp import _lazy
 
 import torch
 
@@ -199,6 +200,7 @@ def table(rows, n, devices):
         f"torch {torch.__version__} ({torch.get_num_threads()} thread)",
         f"- host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
         + (f"; cuda: {gpu_name()}" if "cuda" in devices else ""),
+        f"- fusion: {'on' if _lazy.ENABLED else 'off (GPUVJP_FUSION=0)'}",
         "- ratio = gpuvjp median / torch median (target <= 0.5); host launch = empty CuPy "
         "kernel + sync; gpuvjp python = median x gpuvjp's share of self time under cProfile",
         "",
