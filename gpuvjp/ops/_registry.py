@@ -31,7 +31,7 @@ class Op:
 
     __slots__ = ("name", "impl", "gpu", "vjps", "saves_ans", "saves_inputs", "promote", "twin",
                  "family", "kernel", "kernel_fn", "differentiable", "out_dtype", "moves_device",
-                 "lazy", "takes_pending", "elementwise", "batch_rule", "jvp", "fuse",
+                 "takes_pending", "elementwise", "batch_rule", "jvp", "fuse",
                  "bool_error")
 
     def __init__(self, name, impl, *, promote=SAME, saves_ans=True, saves_inputs=True,
@@ -50,7 +50,6 @@ class Op:
         self.differentiable = differentiable
         self.out_dtype = out_dtype            # e.g. bool for comparisons; None: from the array
         self.moves_device = False             # to_device: the output lives on params["device"]
-        self.lazy = False                     # unused: every fusible op records a Pending
         self.takes_pending = False            # a reduction whose map expression a DAG can be
         self.elementwise = elementwise        # broadcasting, shape-free: batches and jvps itself
         self.batch_rule = None                # how a leading batch dim passes through

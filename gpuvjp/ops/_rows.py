@@ -17,8 +17,9 @@ DAGs (a reduction of a pending elementwise DAG keeps its ReductionKernel path), 
 every entry point returns None where it does not apply, and the caller runs its usual code.
 
 TODO(#10): the geometry constants below are first guesses, to be set (and the switch turned on
-per kernel) from scripts/bench_kernels.py on a GPU. TODO(#9): once elementwise plans are lazy,
-a row reduction of a pending DAG takes the DAG as its per-element map (RowOp.one of the map).
+per kernel) from scripts/bench_kernels.py on a GPU. TODO(#10): elementwise plans are lazy now
+(_lazy.py), so a row reduction of a pending DAG can take the DAG as its per-element map
+(RowOp.one of the map) instead of leaving it to the ReductionKernel path.
 """
 
 from __future__ import annotations
