@@ -22,6 +22,7 @@ from . import autograd as autograd
 from . import cuda as cuda
 from . import nn as nn
 from . import profiler as profiler
+from ._compile import compile as compile  # noqa: A001  (PyTorch's name)
 from .autograd import enable_grad as enable_grad, is_grad_enabled as is_grad_enabled
 from .autograd import no_grad as no_grad, set_grad_enabled as set_grad_enabled
 from .autograd.functional import hessian as hessian, hvp as hvp, jacobian as jacobian
@@ -43,6 +44,6 @@ __all__ = sorted(set(_ops_all) | {
     "rand", "randn", "manual_seed", "device", "dtype", "float16", "float32", "float64", "int32",
     "int64", "bool", "half", "float", "double", "long", "int", "get_default_dtype",
     "set_default_dtype", "get_default_device", "set_default_device", "autograd", "cuda", "nn",
-    "profiler",
+    "profiler", "compile",
     "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "vjp", "jvp", "jacobian",
     "hessian", "vhp", "hvp", "softmax", "log_softmax"})

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from . import _device, _dtype
+from . import _device, _dtype, _trace
 from ._tensor import Tensor
 from .ops._util import norm_shape
 
@@ -255,6 +255,8 @@ def _random(kind, size, dtype, device, requires_grad):
     if not dt.is_floating_point:
         raise RuntimeError(f"\"check_uniform_bounds\" not implemented for '{dt.name}'")
     dev = _dev(device)
+    if _trace.ON:
+        _trace.invalidate("random number generation")
     if dev.type == "cpu":
         r = _cpu_rng()
         gen_dt = np.float64 if dt is _dtype.float64 else np.float32

@@ -169,7 +169,8 @@ def force_pending(pendings):
 def _small_on_cpu(p):
     """A DAG the CPU computes without building its plan: under 2 * CHUNK elements the plan's
     evaluation runs unblocked anyway, and building it costs more than running it."""
-    return p.dev.type == "cpu" and not _profiler.ACTIVE and p.size <= 2 * _plan.CHUNK
+    return (p.dev.type == "cpu" and not _profiler.ACTIVE and not _trace.ON
+            and p.size <= 2 * _plan.CHUNK)
 
 
 def _direct(group):
@@ -214,6 +215,8 @@ def _run(plan, dev):
         outs = _kernels.run_plan(plan, _plan.kernel_name(plan), dev)
     if profiling:
         _plan.record(plan, _plan.kernel_name(plan), outs, token=token)
+    if _trace.ON:
+        _trace.plan(plan, dev, outs)
     return outs
 
 
@@ -246,8 +249,11 @@ def reduce(op, x, params, dev):
         out = _kernels.reduce_plan(plan, name, op, params, dev)
     if profiling:
         _plan.record(plan, name, [out], extra_ops=[op.name], token=token)
+    if _trace.ON:
+        _trace.reduce(plan, op, params, dev, out)
     return out
 
 
 from . import _plan  # noqa: E402  (it reads Pending from this module)
+from . import _trace  # noqa: E402
 from . import profiler as _profiler  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _device, _dtype
+from . import _device, _dtype, _trace
 from ._lazy import Pending
 
 __all__ = ["Tensor"]
@@ -140,6 +140,8 @@ class Tensor:
     # ----- conversion --------------------------------------------------------------------------
     def _host(self):
         a = self._array()
+        if _trace.ON:
+            _trace.read(a)
         return a if self._dev.type == "cpu" else a.get()
 
     def numpy(self, *, force=False):
@@ -151,6 +153,8 @@ class Tensor:
             raise TypeError(f"can't convert {self._dev} device type tensor to numpy. Use "
                             "Tensor.cpu() to copy the tensor to host memory first.")
         a = self._array()
+        if _trace.ON:
+            _trace.read(a)
         return a if dtype is None else a.astype(dtype, copy=False)
 
     def item(self):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import _lazy
+from .. import _lazy, _trace
 from .._tensor import Tensor
 from ._graph import run_backward
 from ._mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
@@ -141,6 +141,9 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
     for leaf, g in found.values():
         if not create_graph:
             g = g.detach()
+        if _trace.ON:
+            _trace.invalidate("an in-place write to a tensor from outside fn (the .grad "
+                              "that backward() accumulates)")
         leaf.grad = g if leaf.grad is None else leaf.grad + g
     _lazy.force([leaf.grad for leaf, _ in found.values()])
 

@@ -35,7 +35,7 @@ import weakref
 
 import numpy as np
 
-from .. import _device, _dtype
+from .. import _device, _dtype, _trace
 from .._tensor import Tensor
 from . import _forward, _mode
 from ._graph import Node
@@ -494,6 +494,8 @@ def _run_forward(cls, ctx, args):
 
 
 def _apply(cls, args, out=None, ctx=None):
+    if _trace.ON:
+        _trace.invalidate(f"autograd.Function {cls.__name__} (its own array code)")
     grad_on = _mode.is_grad_enabled()
     if ctx is None:
         ctx = FunctionCtx()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _device, _dtype
-from .. import _lazy, _log, profiler as _profiler
+from .. import _lazy, _log, _trace, profiler as _profiler
 from .._lazy import Pending
 from .._tensor import Tensor
 from ..autograd import _mode
@@ -208,6 +208,8 @@ def apply(op, args, params):
                 else:
                     with _device.compute(dev):
                         out = (op.gpu or op.impl)(_device.cupy_module(), *arrays, **params)
+                if _trace.ON:
+                    _trace.op(op, args, arrays, params, dev, out)
                 if token is not None:
                     _profiler.op_launch(op, arrays, out, token)
     except (ValueError, TypeError) as exc:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .. import _device
+from .. import _device, _trace
 from . import _kernels, _rows
 from . import shape as _shape
 from ..autograd._forward import deflinear
@@ -126,6 +126,8 @@ def _numel(shape, dims):
 
 def _any_zero(x):
     """True when some element of x is 0 (one host sync, as PyTorch's prod backward)."""
+    if _trace.ON:
+        _trace.read(x._array(), "prod's backward testing for zeros")
     with _device.use(x._dev):
         return bool((x._array() == 0).any())
 

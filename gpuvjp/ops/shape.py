@@ -8,7 +8,7 @@ import operator
 
 import numpy as np
 
-from .. import _device, _dtype
+from .. import _device, _dtype, _trace
 from .._tensor import Tensor
 from ..autograd import _mode
 from . import _kernels
@@ -73,7 +73,11 @@ def view_op(op, x, shape):
 
 def _plain_view(op, x, shape):
     xp = np if x._dev.type == "cpu" else _device.cupy_module()
-    return Tensor._make(op.impl(xp, x._array(), shape=shape), x._dev, x._dtype, None)
+    a = x._array()
+    out = op.impl(xp, a, shape=shape)
+    if _trace.ON:
+        _trace.call(op.impl, (xp, a), {"shape": shape}, out)
+    return Tensor._make(out, x._dev, x._dtype, None)
 
 
 # ----- sum_to: where broadcasting is undone, once for every rule -----------------------
@@ -342,6 +346,8 @@ deflinear(getitem_, index_backward_)
 def getitem(input, key):
     """`input[key]`: ints, slices, None, Ellipsis, integer and boolean index tensors."""
     index = _norm_index(input, key)
+    if _trace.ON and any(getattr(k, "dtype", None) == np.bool_ for k in index):
+        _trace.invalidate("boolean-mask indexing (a data-dependent shape)")
     return getitem_(input, index=index)
 
 
@@ -652,6 +658,8 @@ def _first_outside(a, lo, hi):
     if not a.size:
         return None
     with _device.use(_device.device_of_array(a)):     # the check runs where `a` lives
+        if _trace.ON:
+            _trace.read(a, "an index bounds check")
         bad = ((a < lo) | (a >= hi)).reshape(-1)
         if not bool(bad.any()):
             return None

@@ -21,6 +21,7 @@ kernel first runs), and nothing of gpuvjp imports it unless GPUVJP_EMULATE_CUDA 
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import operator
 import os
@@ -206,6 +207,12 @@ class MemoryPool:
     def get_limit(self):
         return self._p().limit
 
+    def malloc(self, nbytes):
+        """The allocator for `cupy.cuda.using_allocator`: arrays made under it count here."""
+        size = self._malloc(nbytes, _cur_dev())
+        self._free(size, _cur_dev())
+        return MemoryPointer(0, _cur_dev())
+
     def _malloc(self, nbytes, dev):
         size = _rounded(nbytes)
         with _lock:
@@ -295,15 +302,16 @@ def _hooks():
 class _Mem:
     """One allocation: freed back to the pool when the last array using it goes."""
 
-    __slots__ = ("size", "dev", "__weakref__")
+    __slots__ = ("size", "dev", "pool", "__weakref__")
 
     def __init__(self, nbytes, dev):
         self.dev = dev
-        self.size = _pool._malloc(nbytes, dev)
+        self.pool = getattr(_tls, "pool", None) or _pool      # cupy.cuda.using_allocator
+        self.size = self.pool._malloc(nbytes, dev)
 
     def __del__(self):
         try:
-            _pool._free(self.size, self.dev)
+            self.pool._free(self.size, self.dev)
         except Exception:      # interpreter shutdown
             pass
 
@@ -1379,13 +1387,16 @@ def memoize(for_each_device=False):
 
 # ----- cupy.cuda ---------------------------------------------------------------------------------
 class Event:
-    """cupy.cuda.Event: records a host time stamp; elapsed times are not GPU timings."""
+    """cupy.cuda.Event: records a host time stamp (and the stream it was recorded on, for
+    tests of stream ordering); elapsed times are not GPU timings."""
 
     def __init__(self, block=False, disable_timing=False, interprocess=False):
         self.t = None
+        self.stream = None
 
     def record(self, stream=None):
         self.t = time.perf_counter()
+        self.stream = stream if stream is not None else _cur_stream()
 
     def synchronize(self):
         _host_read("Event.synchronize")
@@ -1437,6 +1448,7 @@ class Stream:
         self.device_id = _cur_dev()
         self._capture = None
         self._prev = []
+        self.waited = []            # the events this stream was made to wait on, in order
 
     def __enter__(self):
         s = _streams()
@@ -1469,7 +1481,7 @@ class Stream:
         return event
 
     def wait_event(self, event):
-        pass
+        self.waited.append(event)
 
     @property
     def done(self):
@@ -1501,6 +1513,19 @@ Stream.null = Stream(null=True)
 
 def get_current_stream(device_id=None):
     return _cur_stream(device_id)
+
+
+@contextlib.contextmanager
+def using_allocator(allocator=None):
+    """cupy.cuda.using_allocator: arrays made inside count in the MemoryPool whose `malloc`
+    is `allocator` (any other allocator: the default pool)."""
+    prev = getattr(_tls, "pool", None)
+    _tls.pool = getattr(allocator, "__self__", None) if isinstance(
+        getattr(allocator, "__self__", None), MemoryPool) else None
+    try:
+        yield
+    finally:
+        _tls.pool = prev
 
 
 class _Runtime(types.ModuleType):
@@ -1553,6 +1578,7 @@ cuda.__dict__.update(
     PinnedMemoryPool=PinnedMemoryPool, MemoryHook=MemoryHook, MemoryPointer=MemoryPointer,
     OutOfMemoryError=OutOfMemoryError, CUDARuntimeError=CUDARuntimeError, runtime=runtime,
     get_current_stream=get_current_stream, get_elapsed_time=get_elapsed_time,
+    using_allocator=using_allocator,
     is_available=is_available, set_allocator=lambda allocator=None: None,
     set_pinned_memory_allocator=lambda allocator=None: None,
     memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError, MemoryPool=MemoryPool),
