@@ -136,6 +136,7 @@ class Compiled:
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
         self._warned_unhashable = False
+        self._hits = self._misses = 0
         functools.update_wrapper(self, fn, updated=())
 
     def __repr__(self):
@@ -157,8 +158,8 @@ class Compiled:
             return self.fn(*args, **kwargs)
         except KeyError:
             entry = self._entry(key)
-        program = entry.program
-        if program is not None:
+        if entry.program is not None:
+            self._hits += 1
             return entry.replay(tensors, arrays)
         if entry.claim():
             return self._trace(entry, args, kwargs, tensors)
@@ -177,6 +178,11 @@ class Compiled:
             self._trace(entry, args, kwargs, tensors)
         if entry.program is not None and entry.gpu and entry.graph_state == "new":
             entry.replay(tensors, arrays)
+
+    def cache_info(self):
+        """(hits, misses, maxsize, currsize) as `functools.lru_cache`: replayed calls, traces
+        recorded, cache_size, signatures held."""
+        return CacheInfo(self._hits, self._misses, self.cache_size, len(self._cache))
 
     def cache_clear(self):
         """Drop every trace (graphs and their pools are freed)."""
@@ -201,6 +207,7 @@ class Compiled:
         return entry
 
     def _trace(self, entry, args, kwargs, tensors):
+        self._misses += 1
         rec = _Recorder([t._array() for t in tensors], self.strict, self.fn)
         prev = _trace.start(rec)
         try:
@@ -225,6 +232,9 @@ class Compiled:
                 raise RuntimeError(msg) from None
             warnings.warn(msg, UserWarning, stacklevel=3)
         return out
+
+
+CacheInfo = collections.namedtuple("CacheInfo", "hits misses maxsize currsize")
 
 
 def _name(fn):
