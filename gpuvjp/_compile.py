@@ -45,6 +45,7 @@ import builtins
 import collections
 import functools
 import os
+import re
 import sys
 import threading
 import warnings
@@ -541,12 +542,36 @@ class _Codegen:
     def function(self, arrays):
         exprs = self.outputs(arrays)
         params = ", ".join(f"a{k}" for k in range(len(self.rec.inputs)))
-        body = self.lines + [f"    return ({''.join(e + ', ' for e in exprs)})"]
+        body = _free_after_last_use(self.lines, exprs) + \
+            [f"    return ({''.join(e + ', ' for e in exprs)})"]
         src = f"def compute({params}):\n" + "\n".join(body) + "\n"
         exec(compile_source(src), self.ns)          # noqa: S102  (source built above)
         fn = self.ns["compute"]
         fn.source = src
         return fn
+
+
+_NAMES_RE = re.compile(r"\b([st]\d+|r)\b")
+
+
+def _free_after_last_use(lines, outputs):
+    """`lines` with a `del` after the last read of each intermediate, so that a replay holds no
+    more memory at once than the eager call did."""
+    keep = set(_NAMES_RE.findall(" ".join(outputs)))
+    last = {}
+    for i, line in enumerate(lines):
+        for name in _NAMES_RE.findall(line):
+            last[name] = i
+    dead = collections.defaultdict(list)
+    for name, i in last.items():
+        if name not in keep:
+            dead[i].append(name)
+    out = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        if dead[i]:
+            out.append(f"    del {', '.join(sorted(dead[i]))}")
+    return out
 
 
 def compile_source(src):

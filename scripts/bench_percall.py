@@ -4,8 +4,10 @@ For each device, the same NumPy data feeds `gpuvjp.vjp` and `torch.autograd.func
 (on cuda: torch eager on its GPU, when torch has one). Values and vjps are checked against
 torch (rtol 1e-6, float64) before timing. The two libraries take turns call by call over
 `--calls` (>= 1000) calls after warm-up, each call synchronized on a GPU, and the table gives
-the ratio of the medians (gpuvjp / torch; <= 0.5 is the target). Two more columns show where
-the time goes:
+the ratio of the medians (gpuvjp / torch; <= 0.5 is the target). `gv.compile` is the same vjp
+under `gv.compile`, replayed (target on the CPU: <= 0.2 of torch's time; on the GPU <= 25 us
+including the output copy and one sync); `jax.jit` is `jax.vjp` under `jax.jit` where JAX is
+installed, else `-`. Two more columns show where the time goes:
 - host launch: the median host cost of launching an empty CuPy kernel plus a synchronize
   (cuda only), so that a slow host or driver is visible next to the figures it inflates;
 - gpuvjp python: gpuvjp's own Python time per call: the median times the share of the self
@@ -26,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 
@@ -64,6 +67,54 @@ def gv_call(fn, xs, v):
     f = lambda *a: fn(gv, *a)                                   # noqa: E731
     inputs = tuple(xs)
     return lambda: gv.autograd.functional.vjp(f, inputs, v)
+
+
+def compiled_call(fn, xs, v):
+    run = gv.compile(lambda *a: gv.autograd.functional.vjp(lambda *t: fn(gv, *t), a[:-1], a[-1]))
+    args = (*xs, v)
+    return lambda: run(*args)
+
+
+def jax_call(fn, xs, v, device):
+    """jax.jit of jax.vjp on the same data, or None where JAX (or its device) is absent."""
+    try:
+        import jax
+        dev = jax.devices("gpu" if device != "cpu" else "cpu")[0]
+    except Exception:           # not installed, or no backend for the device
+        return None
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+    m = types.SimpleNamespace(exp=jnp.exp)
+    jxs = [jax.device_put(np.asarray(a), dev) for a in xs]
+    jv = jax.device_put(np.asarray(v), dev)
+
+    class T:                    # x.exp().sum(dim=1) written once for every module
+        def __init__(self, a):
+            self.a = a
+
+        def exp(self):
+            return T(jnp.exp(self.a))
+
+        def sum(self, dim=None):
+            return T(jnp.sum(self.a, axis=dim))
+
+        def __add__(self, o):
+            return T(self.a + o.a)
+
+        def __rmul__(self, k):
+            return T(k * self.a)
+
+    @jax.jit
+    def run(v, *xs):
+        out, pull = jax.vjp(lambda *t: fn(m, *[T(a) for a in t]).a, *xs)
+        return out, pull(v)
+    call = lambda: jax.block_until_ready(run(jv, *jxs))         # noqa: E731
+    try:
+        call()
+    except Exception as exc:    # a peer that fails leaves the others their figures
+        print(f"# jax.jit skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    return call
 
 
 def torch_call(fn, xs, v):
@@ -155,14 +206,20 @@ def run_device(device, n):
         txs = [torch.tensor(a, device=tdev or "cpu") for a in xs]
         tv = torch.tensor(v, device=tdev or "cpu")
         gcall, tcall = gv_call(fn, gxs, gvv), torch_call(fn, txs, tv)
+        ccall = compiled_call(fn, gxs, gvv)
+        jcall = jax_call(fn, xs, v, device)
         check(gcall(), tcall())
+        check(ccall(), tcall())
+        calls = [gcall, ccall, tcall] + ([jcall] if jcall is not None else [])
         for _ in range(WARMUP):
-            gcall()
-            tcall()
-        gmed, tmed = interleaved([gcall, tcall], n, sync)
+            for c in calls:
+                c()
+        meds = interleaved(calls, n, sync)
+        gmed, cmed, tmed = meds[:3]
+        jmed = meds[3] if jcall is not None else None
         share, ncalls = own_python(gcall)
         rows.append((name, device, shape, gmed, tmed, launch, share * gmed, ncalls,
-                     "cpu" if tdev is None else tdev))
+                     "cpu" if tdev is None else tdev, cmed, jmed))
     return rows
 
 
@@ -201,16 +258,18 @@ def table(rows, n, devices):
         f"- host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
         + (f"; cuda: {gpu_name()}" if "cuda" in devices else ""),
         f"- fusion: {'on' if _lazy.ENABLED else 'off (GPUVJP_FUSION=0)'}",
-        "- ratio = gpuvjp median / torch median (target <= 0.5); host launch = empty CuPy "
+        "- ratio = gpuvjp median / torch median (target <= 0.5); gv.compile ratio = replayed "
+        "gv.compile median / torch median (target <= 0.2 on the CPU); host launch = empty CuPy "
         "kernel + sync; gpuvjp python = median x gpuvjp's share of self time under cProfile",
         "",
-        "| workload | device | shape | gpuvjp | torch | torch device | ratio | host launch "
-        "| gpuvjp python | gpuvjp calls |",
-        "|---|---|---|---:|---:|---|---:|---:|---:|---:|",
+        "| workload | device | shape | gpuvjp | gv.compile | jax.jit | torch | torch device "
+        "| ratio | gv.compile ratio | host launch | gpuvjp python | gpuvjp calls |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for name, device, shape, g, t, launch, own, ncalls, tdev in rows:
-        lines.append(f"| {name} | {device} | {shape} | {us(g)} | {us(t)} | {tdev} | "
-                     f"{g / t:.2f} | {us(launch)} | {us(own)} | {ncalls:.0f} |")
+    for name, device, shape, g, t, launch, own, ncalls, tdev, c, j in rows:
+        lines.append(f"| {name} | {device} | {shape} | {us(g)} | {us(c)} | {us(j)} | {us(t)} | "
+                     f"{tdev} | {g / t:.2f} | {c / t:.2f} | {us(launch)} | {us(own)} | "
+                     f"{ncalls:.0f} |")
     return "\n".join(lines)
 
 

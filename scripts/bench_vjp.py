@@ -15,7 +15,9 @@ sin, mul and add by scalars, exp of a small value, square) then sum; W3 a 3-laye
 vjp with respect to its three weights; W4 the adder (2,) and exp_reducer 4x4. On the CPU a
 hand-written NumPy peer (`numpy`) runs W1 and W2, recomputing the forward chain in its backward
 as gpuvjp's fused plan does. `first call` is gpuvjp's first call (kernel compiles included),
-`kernels` the kernels one gpuvjp call runs (gv.profiler).
+`kernels` the kernels one gpuvjp call runs (gv.profiler). `gv.compile` is the same vjp under
+`gv.compile`, one compiled function per workload (timed calls replay its trace: the recorded
+NumPy calls on the CPU, a CUDA graph or the launch list on the GPU).
 
     python3 scripts/bench_vjp.py [--device cpu|cuda|all] [--out FILE] [--quick]
     python3 scripts/bench_vjp.py --per-call [--device ...] [--calls N]   (bench_percall.py)
@@ -260,6 +262,35 @@ class Gpuvjp:
             cupy.get_default_memory_pool().free_all_blocks()
 
 
+class GpuvjpCompiled(Gpuvjp):
+    """gv.compile of the same vjp: one compiled function per workload, shared by its input
+    sets (as JAX's jit), so timed calls replay the trace."""
+    name = "gv.compile"
+
+    def __init__(self, device):
+        super().__init__(device)
+        self.compiled = {}
+
+    def prepare(self, wl, inputs, v):
+        key = (wl.name, wl.shape)
+        if key not in self.compiled:
+            def run(*a):
+                consts, xs, tv = a[:wl.consts], a[wl.consts:-1], a[-1]
+                return gv.vjp(lambda *t: wl.func(gv, *consts, *t),
+                              xs if len(xs) > 1 else xs[0], tv)
+            self.compiled[key] = gv.compile(run)
+        run = self.compiled[key]
+        args = [gv.tensor(a, device=self.device) for a in inputs]
+        args.append(gv.tensor(v, device=self.device))
+        return lambda: run(*args)
+
+    def free(self):
+        for c in self.compiled.values():
+            c.cache_clear()
+        self.compiled.clear()
+        super().free()
+
+
 class Torch:
     name = "torch"
 
@@ -357,7 +388,8 @@ def load_jax():
 
 
 def libraries(device):
-    libs = [Gpuvjp(device)] if device == "cpu" or gv.cuda.is_available() else []
+    libs = ([Gpuvjp(device), GpuvjpCompiled(device)] if device == "cpu" or gv.cuda.is_available()
+            else [])
     if torch is not None and (device == "cpu" or torch.cuda.is_available()):
         libs.append(Torch(device))
     if device == "cpu":
@@ -537,16 +569,19 @@ def table_row(wl, device, row):
         return f"{other / g:.2f}" if isinstance(g, float) and isinstance(other, float) else "-"
     check = "; ".join(row["fails"]) or ("ok" if row["checked"] else "-")
     shape = "x".join(map(str, wl.shape))
-    cells = [wl.name, device, shape, fmt(g), fmt(tt), ratio(tt), fmt(t.get("jax")), fmt(tn),
+    tc = t.get("gv.compile")
+    cells = [wl.name, device, shape, fmt(g), fmt(tc), ratio(tc), fmt(tt), ratio(tt),
+             fmt(t.get("jax")), fmt(tn),
              ratio(tn), fmt(row["floor"]), fmt(row.get("first", {}).get("gpuvjp")),
              str(row.get("kernels", "-")), check]
     return "| " + " | ".join(cells) + " |"
 
 
-TABLE_HEAD = ("| workload | device | shape | gpuvjp median | torch median | torch/gpuvjp "
+TABLE_HEAD = ("| workload | device | shape | gpuvjp median | gv.compile median "
+              "| gv.compile/gpuvjp | torch median | torch/gpuvjp "
               "| jax median | numpy median | numpy/gpuvjp | floor | first call | kernels "
               "| check |\n"
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 
 
 def version(dists, module=None):
