@@ -10,6 +10,7 @@ import gc
 import os
 import threading
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -344,7 +345,6 @@ def test_each_cause_warns_once_naming_the_line_and_runs_eagerly(tag):
     if tag != "create_graph":           # found when fn returns, not at a line
         assert f"{HERE}:{_line(tag)}" in msgs[0], msgs[0]
     y = gv.tensor([1.5, 2.0, -0.5])
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning: the signature is eager now
         again = cf(y)
@@ -490,13 +490,14 @@ def test_cuda_streams_are_ordered_and_outputs_distinct():
     e = _entry(cf)
     assert e.graph_state == "graph"
     if EMULATED:
-        caller = cp.cuda.get_current_stream()
         with cp.cuda.Device(e.dev.index):
             caller = cp.cuda.get_current_stream()
-            n0 = len(e.stream.waited)
+            e.stream.waited.clear()
+            caller.waited.clear()
             cf(xs[0])
-            waited = e.stream.waited[n0:]
+            waited, back = list(e.stream.waited), list(caller.waited)
         assert waited and waited[0].stream is caller        # the replay after the caller
+        assert back and back[-1].stream is e.stream         # the caller after the replay
         assert e.stream is not caller and e.stream.ptr != 0
 
 

@@ -1448,7 +1448,9 @@ class Stream:
         self.device_id = _cur_dev()
         self._capture = None
         self._prev = []
-        self.waited = []            # the events this stream was made to wait on, in order
+        # the latest events this stream was made to wait on, in order (bounded: the null stream
+        # lives as long as the process)
+        self.waited = collections.deque(maxlen=64)
 
     def __enter__(self):
         s = _streams()
