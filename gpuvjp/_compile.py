@@ -34,9 +34,10 @@ refuse it in CuPy), the function itself is the replay, a launch list on the call
 Invalidation. A host read of traced data (`item`, `bool` and an `if` on a tensor, `numpy`,
 `tolist`, `float`, a NumPy conversion, an internal data-dependent branch), random numbers, a
 data-dependent shape (boolean-mask indexing), a custom `autograd.Function` (its own array
-code), a write to a tensor from outside `fn` (`.grad` by `backward()`) and outputs that carry
-a `grad_fn` (`create_graph=True`) make that signature run eagerly from then on, with one
-warning naming the cause and the line of `fn`; `strict=True` raises instead.
+code), a write to a tensor from outside `fn` (`.grad` by `backward()`, `requires_grad_()` on an
+argument) and outputs that carry a `grad_fn` (`create_graph=True`) make that signature run
+eagerly from then on, with one warning naming the cause and the line of `fn`; `strict=True`
+raises instead.
 """
 
 from __future__ import annotations
@@ -210,6 +211,7 @@ class Compiled:
     def _trace(self, entry, args, kwargs, tensors):
         self._misses += 1
         rec = _Recorder([t._array() for t in tensors], self.strict, self.fn)
+        rec.arguments = {id(t) for t in tensors}
         prev = _trace.start(rec)
         try:
             out = self.fn(*args, **kwargs)
@@ -314,6 +316,7 @@ class _Recorder:
         self.fn = fn
         self.calls = []
         self.traced = {id(a) for a in inputs}
+        self.arguments = set()         # ids of the Tensor arguments
         self.invalid = None
 
     def add(self, kind, payload, out):
@@ -331,6 +334,11 @@ class _Recorder:
     def read(self, a, cause):
         if self.is_traced(a):
             self.invalidate(cause or "a host read: " + _read_cause())
+
+    def write(self, tensor, what):
+        if id(tensor) in self.arguments:
+            self.invalidate(f"an in-place write to a tensor from outside fn ({what} on an "
+                            "argument)")
 
     def invalidate(self, cause):
         if self.invalid is None:

@@ -100,6 +100,8 @@ class Tensor:
             return self
         if requires_grad and not self._dtype.is_floating_point:
             raise RuntimeError("only Tensors of floating point dtype can require gradients")
+        if _trace.ON and requires_grad != self._requires_grad:
+            _trace.write(self, "requires_grad_()")
         self._requires_grad = requires_grad
         return self
 

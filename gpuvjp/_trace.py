@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 
-__all__ = ["ON", "op", "plan", "reduce", "call", "read", "invalidate"]
+__all__ = ["ON", "op", "plan", "reduce", "call", "read", "write", "invalidate"]
 
 ON = False                 # some thread is tracing: the hooks below are called
 _ACTIVE: dict = {}         # thread id -> the recorder of that thread's open trace
@@ -84,6 +84,13 @@ def read(array, cause=None):
     rec = _recorder()
     if rec is not None:
         rec.read(array, cause)
+
+
+def write(tensor, cause):
+    """An in-place change of `tensor`: invalidates the trace when it is an argument of fn."""
+    rec = _recorder()
+    if rec is not None:
+        rec.write(tensor, cause)
 
 
 def invalidate(cause):

@@ -297,6 +297,11 @@ def _backward(x):
     return y.grad
 
 
+def _requires_grad(x):
+    x.requires_grad_()                              # LINE: requires_grad
+    return gv.autograd.grad((x * x).sum(), x)
+
+
 def _create_graph(x):
     y = x.detach().requires_grad_()
     return gv.vjp(lambda t: (t * t).sum(), y, create_graph=True)   # LINE: create_graph
@@ -321,6 +326,7 @@ def _function(x):
 CAUSES = {"item": (_item, "item()"), "if": (_if, "bool()"), "numpy": (_numpy, "numpy()"),
           "tolist": (_tolist, "tolist()"), "rand": (_rand, "random number"),
           "mask": (_mask, "boolean-mask"), "backward": (_backward, ".grad"),
+          "requires_grad": (_requires_grad, "requires_grad_() on an argument"),
           "create_graph": (_create_graph, "grad_fn"), "function": (_function, "Function")}
 
 
@@ -338,7 +344,7 @@ def test_each_cause_warns_once_naming_the_line_and_runs_eagerly(tag):
     cf = gv.compile(fn)
     x = gv.tensor([0.5, -1.0, 2.0])
     with pytest.warns(UserWarning) as record:
-        got = cf(x)
+        cf(x)
     msgs = [str(w.message) for w in record if "gv.compile" in str(w.message)]
     assert len(msgs) == 1, msgs
     assert cause in msgs[0]
