@@ -216,6 +216,47 @@ def test_hessian_oracle(name, device, rng):
             _close(g, h, rtol=1e-6, atol=1e-9)
 
 
+# ----- forward mode: tangents through each op, against the double-vjp path and torch ----------------
+JVP = sorted(set(CASES) - {"type_as"})
+
+
+@needs_torch
+@pytest.mark.parametrize("name", JVP)
+def test_forward_mode(name, device, rng):
+    from gpuvjp.autograd import functional as F
+    f = CASES[name][0]
+    xs = _inputs(name, rng)
+    ts = [rng.standard_normal(x.shape) for x in xs]
+    want = torch.autograd.functional.jvp(lambda *a: f(torch, *a),
+                                         tuple(torch.tensor(x) for x in xs),
+                                         tuple(torch.tensor(t) for t in ts))
+    for impl in (F._jvp_forward, F._jvp_double_backward):
+        got = impl(lambda *a: f(gv, *a), tuple(gv.tensor(x, device=device) for x in xs),
+                   tuple(gv.tensor(t, device=device) for t in ts))
+        _close(got[0], want[0])
+        _close(got[1], want[1], atol=1e-10)
+
+
+# Batched tangents (a forward-mode jacobian) and batched cotangents (a vectorized jacobian).
+BATCHED = ["narrow", "repeat", "tile_more", "roll_dims", "diag_1d", "diagonal", "tril",
+           "cumprod", "movedim_tuple", "addmm", "lerp_tensor", "hypot", "logaddexp", "asin",
+           "fmod", "masked_fill", "unflatten", "repeat_interleave_dim", "trace"]
+
+
+@needs_torch
+@pytest.mark.parametrize("strategy", ["forward-mode", "reverse-mode"])
+@pytest.mark.parametrize("name", BATCHED)
+def test_vectorized_jacobian(name, strategy, device, rng):
+    f = CASES[name][0]
+    xs = _inputs(name, rng)
+    got = gv.jacobian(lambda *a: f(gv, *a), tuple(gv.tensor(x, device=device) for x in xs),
+                      vectorize=True, strategy=strategy)
+    want = torch.autograd.functional.jacobian(lambda *a: f(torch, *a),
+                                              tuple(torch.tensor(x) for x in xs))
+    for g, w in zip(got, want):
+        _close(g, w)
+
+
 # cumprod through zeros: PyTorch's exact gradient (one zero, two zeros, a leading zero)
 CUMPROD_ZEROS = np.array([[0.5, 0.0, 2.0, -1.5], [1.2, 0.8, 0.0, 0.0], [0.0, 1.5, 2.0, 0.5]])
 
