@@ -400,3 +400,54 @@ def test_round_halves_to_even_and_decimals(device):
     np.testing.assert_array_equal(x.round(decimals=1).numpy(),
                                   np.rint(x.numpy() * 10) / 10)
     assert math.isnan(gv.round(gv.tensor([math.nan], device=device)).item())
+
+
+# ----- kernels/fuse.cuh: the helpers of the fused remainder, fmod and logaddexp ----------------
+HOST_HELPERS = {"fz_remainder": np.remainder, "fz_fmod": np.fmod, "fz_logaddexp": np.logaddexp}
+HOST_CASES = [(fn, c) for fn in HOST_HELPERS for c in ("double", "float", "long long", "int")
+              if not (fn == "fz_logaddexp" and c in ("long long", "int"))]
+NP_OF = {"double": np.float64, "float": np.float32, "long long": np.int64, "int": np.int32}
+
+
+@pytest.fixture(scope="module")
+def fuse_lib(tmp_path_factory):
+    from gpuvjp.ops import _kernels
+    from tests import _hostcc
+    cxx = _hostcc.find_cxx()
+    if cxx is None:
+        pytest.skip("no host C++ compiler found ($CXX, g++, c++ or clang++)")
+    src = _kernels.kernel_dir().joinpath("common.cuh").read_text() + "\n"
+    src += _kernels.kernel_dir().joinpath("fuse.cuh").read_text() + "\n"
+    for fn, c in HOST_CASES:
+        tag = c.replace(" ", "_")
+        src += (f'extern "C" void check_{fn}_{tag}(const {c}* a, const {c}* b, {c}* out, '
+                f"long n) {{ for (long i = 0; i < n; ++i) out[i] = gv::{fn}(a[i], b[i]); }}\n")
+    return _hostcc.load(src, tmp_path_factory.getbasetemp() / "hostcc", cxx)
+
+
+@pytest.mark.parametrize("fn, ctype", HOST_CASES, ids=[f"{f}-{c}" for f, c in HOST_CASES])
+def test_fuse_helpers_match_numpy(fn, ctype, fuse_lib, rng):
+    """The C the fused kernels run equals the NumPy ufunc the CPU plan runs: signs of zero
+    results, zero divisors, infinities and nan included."""
+    import ctypes
+    dt = NP_OF[ctype]
+    if np.dtype(dt).kind == "f":
+        edges = [0.0, -0.0, 1.0, -1.0, 3.0, -3.0, 0.5, np.inf, -np.inf, np.nan]
+        pool = np.concatenate([edges, rng.uniform(-5, 5, 30)])
+    else:
+        pool = np.concatenate([[0, 1, -1, 3, -3, 7, -7], rng.integers(-20, 20, 30)])
+    a, b = (np.ascontiguousarray(v, dtype=dt) for v in np.meshgrid(pool, pool))
+    a, b = a.ravel(), b.ravel()
+    out = np.empty_like(a)
+    ptr = lambda v: v.ctypes.data_as(ctypes.c_void_p)             # noqa: E731
+    getattr(fuse_lib, f"check_{fn}_{ctype.replace(' ', '_')}")(ptr(a), ptr(b), ptr(out),
+                                                              ctypes.c_long(a.size))
+    with np.errstate(all="ignore"):
+        want = HOST_HELPERS[fn](a, b)
+    if np.dtype(dt).kind == "f":
+        np.testing.assert_allclose(out, want, rtol=1e-6 if dt == np.float32 else 1e-14,
+                                   atol=0, equal_nan=True)
+        exact = want == 0
+        np.testing.assert_array_equal(np.signbit(out[exact]), np.signbit(want[exact]))
+    else:
+        np.testing.assert_array_equal(out, want)
