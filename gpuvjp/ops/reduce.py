@@ -736,7 +736,6 @@ def cumprod_vjp(g, ans, x, dim):
 
 
 defvjp(cumprod_op, cumprod_vjp)
-cumprod_op.batch_rule = shift_dims_rule
 
 
 def cumprod(input, dim, *, dtype=None):
