@@ -864,6 +864,8 @@ moveaxis = movedim
 def repeat(input, *sizes):
     """Same as `torch.Tensor.repeat`: `input` tiled sizes[i] times along dim i (leading sizes
     add dims). Its gradient sums the copies."""
+    if not sizes:
+        raise TypeError('repeat() missing 1 required positional arguments: "repeats"')
     sizes = norm_shape(sizes, "repeats")
     shp = input.shape
     if len(sizes) < len(shp):

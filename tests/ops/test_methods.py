@@ -257,6 +257,19 @@ def test_vectorized_jacobian(name, strategy, device, rng):
         _close(g, w)
 
 
+@needs_torch
+@pytest.mark.parametrize("name", [n for n in BATCHED if len(CASES[n][2]) == 1])
+def test_vectorized_hessian(name, device, rng):
+    f = CASES[name][0]
+    (x,) = _inputs(name, rng)
+    w = np.linspace(-1, 1, int(np.prod(f(torch, torch.tensor(x)).shape)))
+    got = gv.hessian(lambda t: (f(gv, t).reshape(-1) * gv.tensor(w, device=device)).exp().sum(),
+                     gv.tensor(x, device=device), vectorize=True)
+    want = torch.autograd.functional.hessian(
+        lambda t: (f(torch, t).reshape(-1) * torch.tensor(w)).exp().sum(), torch.tensor(x))
+    _close(got, want, rtol=1e-9, atol=1e-10)
+
+
 # cumprod through zeros: PyTorch's exact gradient (one zero, two zeros, a leading zero)
 CUMPROD_ZEROS = np.array([[0.5, 0.0, 2.0, -1.5], [1.2, 0.8, 0.0, 0.0], [0.0, 1.5, 2.0, 0.5]])
 
@@ -353,6 +366,7 @@ ERRORS = {
     "narrow_dim": lambda m: _x(m).narrow(3, 0, 1),
     "repeat_fewer_dims": lambda m: _x(m).repeat(2),
     "repeat_negative": lambda m: _x(m).repeat(2, -1),
+    "repeat_nothing": lambda m: _x(m).repeat(),
     "unflatten_sizes": lambda m: _x(m).unflatten(1, (2, 2)),
     "unflatten_empty": lambda m: m.unflatten(_x(m), 1, ()),
     "masked_fill_float_mask": lambda m: _x(m).masked_fill(_x(m), 1.5),
