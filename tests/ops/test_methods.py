@@ -220,7 +220,7 @@ def test_hessian_oracle(name, device, rng):
             _close(g, h, rtol=1e-6, atol=1e-9)
 
 
-# ----- forward mode: tangents through each op, against the double-vjp path and torch ----------------
+# ----- forward mode: tangents through each op, against the double-vjp path and torch --------------
 JVP = sorted(set(CASES) - {"type_as"})
 
 
@@ -295,7 +295,7 @@ def test_cumprod_with_zeros(dim, device, rng):
     gradcheck(lambda t: f(gv, t), [CUMPROD_ZEROS], device, rng, full=True)
 
 
-# ----- dtypes: integer inputs, results, and the new_* methods --------------------------------------
+# ----- dtypes: integer inputs, results, and the new_* methods -------------------------------------
 INT_CASES = {
     "floor": lambda m, x: m.floor(x), "ceil": lambda m, x: x.ceil(),
     "trunc": lambda m, x: m.trunc(x), "round": lambda m, x: x.round(),
@@ -358,7 +358,7 @@ def test_every_new_name_is_a_function_and_a_method_where_torch_has_both():
         assert n in called, f"{n} has no case in the tables"
 
 
-# ----- errors: type and message as PyTorch's -------------------------------------------------------
+# ----- errors: type and message as PyTorch's ------------------------------------------------------
 def _x(m):
     return m.ones(2, 3, dtype=m.float64)
 
