@@ -80,7 +80,8 @@ METHODS.update(
     arcsin=arcsin, arccos=arccos, arctan=arctan, floor=floor, ceil=ceil, trunc=trunc, fix=fix,
     round=round_, frac=frac,
 )
-# Tensor methods PyTorch has no function for (repeat, new_*): bound, not public names.
+
+
 def _creation_method(name):
     def method(self, *args, **kwargs):
         from .. import _creation          # imports gpuvjp.ops: looked up on first use
@@ -88,6 +89,7 @@ def _creation_method(name):
     return method
 
 
+# Tensor methods PyTorch has no function for (repeat, new_*): bound, not public names.
 TENSOR_ONLY = dict(repeat=repeat, **{n: _creation_method(n) for n in (
     "new_tensor", "new_zeros", "new_ones", "new_full", "new_empty")})
 
