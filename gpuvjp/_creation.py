@@ -187,6 +187,42 @@ def full_like(input, fill_value, *, dtype=None, device=None, requires_grad=False
                 device=device or input.device, requires_grad=requires_grad)
 
 
+# ----- Tensor.new_*: like the creation functions, dtype and device from the tensor ---------------
+def new_tensor(self, data, *, dtype=None, device=None, requires_grad=False):
+    """Same as `torch.Tensor.new_tensor`: `tensor(data)` with self's dtype and device unless
+    given (a Tensor `data` is copied, without history)."""
+    if isinstance(data, Tensor):
+        data = data.detach()
+    return tensor(data, dtype=dtype or self.dtype, device=device or self.device,
+                  requires_grad=requires_grad)
+
+
+def new_zeros(self, *size, dtype=None, device=None, requires_grad=False):
+    """Same as `torch.Tensor.new_zeros`: zeros of `size`, self's dtype and device by default."""
+    return zeros(*size, dtype=dtype or self.dtype, device=device or self.device,
+                 requires_grad=requires_grad)
+
+
+def new_ones(self, *size, dtype=None, device=None, requires_grad=False):
+    """Same as `torch.Tensor.new_ones`: ones of `size`, self's dtype and device by default."""
+    return ones(*size, dtype=dtype or self.dtype, device=device or self.device,
+                requires_grad=requires_grad)
+
+
+def new_empty(self, *size, dtype=None, device=None, requires_grad=False):
+    """Same as `torch.Tensor.new_empty`: an uninitialised tensor of `size`, self's dtype and
+    device by default."""
+    return empty(*size, dtype=dtype or self.dtype, device=device or self.device,
+                 requires_grad=requires_grad)
+
+
+def new_full(self, size, fill_value, *, dtype=None, device=None, requires_grad=False):
+    """Same as `torch.Tensor.new_full`: `fill_value` everywhere, self's dtype and device by
+    default."""
+    return full(size, fill_value, dtype=dtype or self.dtype, device=device or self.device,
+                requires_grad=requires_grad)
+
+
 # ----- ranges ----------------------------------------------------------------------------------
 def arange(start, end=None, step=1, *, dtype=None, device=None, requires_grad=False):
     """Same as `torch.arange`."""

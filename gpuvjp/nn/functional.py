@@ -136,6 +136,9 @@ def gelu(input, approximate="none"):
 
 # y = x s, s = sigmoid(x): dy/dx = s (1 + x (1 - s)), d2y/dx2 = s (1 - s) (2 + x (1 - 2 s))
 silu_ = fused("silu_fwd", "nn", "T x", "T y", twin=_silu_twin, public="silu", saves_ans=False)
+# the op itself (reached through the registry, not F.silu) refuses bool as PyTorch's kernel does,
+# fused or not
+silu_.bool_error = lambda args: "\"silu_cpu\" not implemented for 'Bool'"
 silu_bwd = fused("silu_bwd", "nn", "T g, T x", "T gx", twin=_silu_bwd_twin)
 defvjp(silu_, lambda g, ans, x: silu_bwd(g, x))
 

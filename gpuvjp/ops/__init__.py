@@ -18,6 +18,15 @@ from .reduce import (amax, amin, argmax, argmin, cumsum, logsumexp, max_, min_, 
                      std, var)
 from .shape import (cat, chunk, concat, concatenate, flip, gather, index_select, split,
                     stack)
+from .shape import (diag, diagonal, moveaxis, movedim, narrow, repeat, repeat_interleave, roll,
+                    tile, tril, triu, unflatten)
+from .reduce import cumprod, trace
+from .linalg import addmm, baddbmm
+from .binary import (clamp_max, clamp_min, fmod, hypot, lerp, logaddexp, masked_fill,
+                     remainder)
+from .unary import (acos, arccos, arcsin, arcsinh, arctan, arctanh, asin, asinh, atan, atanh,
+                    ceil, cosh, fix, floor, frac, sinh, trunc)
+from .unary import round as round_
 
 # ----- clone: a differentiable copy ------------------------------------------------------------
 clone_ = defop("clone", lambda xp, x: x.copy(), promote=KEEP, saves_ans=False,
@@ -39,6 +48,7 @@ absolute = abs_
 sum = sum_       # noqa: A001  (the public name is PyTorch's)
 abs = abs_       # noqa: A001
 max, min = max_, min_      # noqa: A001
+round = round_             # noqa: A001
 greater, greater_equal, less, less_equal, not_equal = gt, ge, lt, le, ne
 
 # Public functions that are also Tensor methods, under the same name.
@@ -60,6 +70,28 @@ METHODS.update(
     norm=norm, var=var, std=std, cumsum=cumsum,
 )
 METHODS.update(split=split, chunk=chunk, flip=flip, index_select=index_select, gather=gather)
+METHODS.update(
+    narrow=narrow, unflatten=unflatten, movedim=movedim, moveaxis=moveaxis, tile=tile,
+    repeat_interleave=repeat_interleave, roll=roll, diag=diag, diagonal=diagonal, tril=tril,
+    triu=triu, trace=trace, cumprod=cumprod, masked_fill=masked_fill, clamp_min=clamp_min,
+    clamp_max=clamp_max, addmm=addmm, baddbmm=baddbmm, lerp=lerp, hypot=hypot,
+    logaddexp=logaddexp, fmod=fmod, remainder=remainder, sinh=sinh, cosh=cosh, asinh=asinh,
+    atanh=atanh, asin=asin, acos=acos, atan=atan, arcsinh=arcsinh, arctanh=arctanh,
+    arcsin=arcsin, arccos=arccos, arctan=arctan, floor=floor, ceil=ceil, trunc=trunc, fix=fix,
+    round=round_, frac=frac,
+)
+
+
+def _creation_method(name):
+    def method(self, *args, **kwargs):
+        from .. import _creation          # imports gpuvjp.ops: looked up on first use
+        return getattr(_creation, name)(self, *args, **kwargs)
+    return method
+
+
+# Tensor methods PyTorch has no function for (repeat, new_*): bound, not public names.
+TENSOR_ONLY = dict(repeat=repeat, **{n: _creation_method(n) for n in (
+    "new_tensor", "new_zeros", "new_ones", "new_full", "new_empty")})
 
 
 def _bind(name, fn):
@@ -70,7 +102,7 @@ def _bind(name, fn):
     return method
 
 
-for _name, _fn in METHODS.items():
+for _name, _fn in {**METHODS, **TENSOR_ONLY}.items():
     setattr(Tensor, _name, _bind(_name, _fn))
 
 Tensor.__neg__ = lambda self: neg(self)

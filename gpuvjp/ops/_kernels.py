@@ -253,7 +253,7 @@ class Expr:
 
 
 # CuPy's ufuncs as plain CUDA math (kernels/fuse.cuh for those NumPy defines with care: nan
-# in maximum, -0 in abs).
+# in maximum, -0 in abs, logaddexp's infinities, remainder's sign, integer modulo by zero).
 UFUNC_C = {
     "add": "({0} + {1})", "subtract": "({0} - {1})", "multiply": "({0} * {1})",
     "divide": "({0} / {1})", "negative": "(-{0})", "exp": "exp({0})", "log": "log({0})",
@@ -268,6 +268,11 @@ UFUNC_C = {
     "logical_or": "(({0} != ({c})0) || ({1} != ({c})0))",
     "logical_xor": "(({0} != ({c})0) != ({1} != ({c})0))",
     "logical_not": "({0} == ({c})0)",
+    "sinh": "sinh({0})", "cosh": "cosh({0})", "arcsinh": "asinh({0})", "arctanh": "atanh({0})",
+    "arcsin": "asin({0})", "arccos": "acos({0})", "arctan": "atan({0})", "floor": "floor({0})",
+    "ceil": "ceil({0})", "trunc": "trunc({0})", "rint": "rint({0})",
+    "hypot": "hypot({0}, {1})", "logaddexp": "gv::fz_logaddexp({0}, {1})",
+    "fmod": "gv::fz_fmod({0}, {1})", "remainder": "gv::fz_remainder({0}, {1})",
 }
 # Ops declared with their own NumPy implementation, by registry name.
 NAMED_C = {"relu": "gv::fz_relu({0})", "sign": "gv::fz_sign({0})", "where": "({0} ? {1} : {2})",

@@ -89,6 +89,42 @@ _shape.expand_.batch_rule = _expand_rule
 _shape.getitem_.batch_rule = _getitem_rule
 _shape.index_backward_.batch_rule = _index_backward_rule
 _reduce.sum_op.batch_rule = shift_dims_rule
+
+
+def _last_two_rule(xp, impl, args, arrays, flags, params):
+    return impl(xp, *arrays, **params)              # tril, triu: the last two dims, any batch
+
+
+def _cumprod_rule(xp, impl, args, arrays, flags, params):
+    if args[0].ndim == 0:
+        return impl(xp, arrays[0], **params)         # a copy, whatever the dim
+    return shift_dims_rule(xp, impl, args, arrays, flags, params)
+
+
+def _roll_rule(xp, impl, args, arrays, flags, params):
+    a, dims = arrays[0], params["dims"]
+    if dims is None:                                 # rolls the flattened elements
+        flat = a.reshape(a.shape[0], -1)
+        return impl(xp, flat, shifts=params["shifts"], dims=(1,)).reshape(a.shape)
+    return impl(xp, a, shifts=params["shifts"], dims=tuple(d + 1 for d in dims))
+
+
+def _diagonal_rule(xp, impl, args, arrays, flags, params):
+    return impl(xp, arrays[0], offset=params["offset"], dim1=params["dim1"] + 1,
+                dim2=params["dim2"] + 1)
+
+
+def _diag_embed_rule(xp, impl, args, arrays, flags, params):
+    a = arrays[0]
+    return impl(xp, a, shape=a.shape[:1] + tuple(params["shape"]), offset=params["offset"],
+                dim1=params["dim1"] + 1, dim2=params["dim2"] + 1)
+
+
+_shape.tril_.batch_rule = _shape.triu_.batch_rule = _last_two_rule
+_reduce.cumprod_op.batch_rule = _cumprod_rule
+_shape.roll_.batch_rule = _roll_rule
+_shape.diagonal_.batch_rule = _diagonal_rule
+_shape.diag_embed_.batch_rule = _diag_embed_rule
 for _op in (_shape.to_dtype_, _shape.to_device_):
     _op.elementwise = True
 

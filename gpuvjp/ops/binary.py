@@ -201,6 +201,103 @@ def clamp(input, min=None, max=None):
 
 clip = clamp
 
+# ----- clamp_min, clamp_max --------------------------------------------------------------------
+def clamp_min(input, min):    # noqa: A002  (PyTorch's argument name)
+    """Same as `torch.clamp_min`: clamp(input, min=min)."""
+    return clamp(input, min=min)
+
+
+def clamp_max(input, max):    # noqa: A002
+    """Same as `torch.clamp_max`: clamp(input, max=max)."""
+    return clamp(input, max=max)
+
+
+# ----- masked_fill -----------------------------------------------------------------------------
+def masked_fill(input, mask, value):
+    """Same as `torch.masked_fill`: `value` where the bool `mask` (broadcast) is True, `input`
+    elsewhere, in input's dtype. A 0-d tensor `value` gets the gradient of the filled places."""
+    if not hasattr(mask, "_dev"):
+        raise TypeError(f"masked_fill(): argument 'mask' must be Tensor, not "
+                        f"{type(mask).__name__}")
+    if mask._dtype.name != "bool":
+        raise RuntimeError(f"masked_fill_ only supports boolean masks, but got mask with dtype "
+                           f"{mask._dtype.scalar_name.lower()}")
+    from .shape import to_dtype
+    if hasattr(value, "_dev"):
+        if value.ndim != 0:
+            raise RuntimeError(f"masked_fill_ only supports a 0-dimensional value tensor, but "
+                               f"got tensor with {value.ndim} dimension(s).")
+        value = to_dtype(value, input._dtype)
+    else:
+        value = _as_tensor(value, input._dtype, input)
+    return where_(mask, value, input)
+
+
+# ----- hypot, logaddexp ------------------------------------------------------------------------
+# z = sqrt(x^2 + y^2) without overflow, dz/dx = x / z, dz/dy = y / z (nan at 0, as PyTorch)
+hypot_ = defop("hypot", np.hypot)
+defvjp(hypot_, lambda g, ans, x, y: g * x / ans, lambda g, ans, x, y: g * y / ans)
+
+# z = log(exp(x) + exp(y)) without overflow, dz/dx = sigmoid(x - y), dz/dy = sigmoid(y - x)
+logaddexp_ = defop("logaddexp", np.logaddexp, saves_ans=False)
+defvjp(logaddexp_, lambda g, ans, x, y: g * sigmoid(x - y),
+                   lambda g, ans, x, y: g * sigmoid(y - x))
+
+
+def _floating(name, *args):
+    for a in args:
+        if hasattr(a, "_dev") and not a._dtype.is_floating_point:
+            raise NotImplementedError(
+                f'"{name}_cpu" not implemented for \'{a._dtype.scalar_name}\'')
+
+
+def hypot(input, other):
+    """Same as `torch.hypot`: sqrt(input^2 + other^2), elementwise, without overflow."""
+    _floating("hypot", input, other)
+    return hypot_(input, other)
+
+
+def logaddexp(input, other):
+    """Same as `torch.logaddexp`: log(exp(input) + exp(other)), elementwise, without overflow."""
+    _floating("logaddexp", input, other)
+    return logaddexp_(input, other)
+
+
+# ----- fmod, remainder -------------------------------------------------------------------------
+# fmod: x - trunc(x / y) y (the sign of x); remainder: x - floor(x / y) y (the sign of y).
+# dz/dx = 1, dz/dy = -trunc(x / y) or -floor(x / y), as PyTorch.
+fmod_ = defop("fmod", np.fmod, saves_ans=False)
+defvjp(fmod_, lambda g, ans, x, y: g, lambda g, ans, x, y: -g * trunc_(x / y))
+
+remainder_ = defop("remainder", np.remainder, saves_ans=False)
+defvjp(remainder_, lambda g, ans, x, y: g, lambda g, ans, x, y: -g * floor_(x / y))
+
+
+def fmod(input, other):
+    """Same as `torch.fmod`: the remainder of input / other with the sign of input."""
+    return fmod_(input, other)
+
+
+def remainder(input, other):
+    """Same as `torch.remainder`: the remainder of input / other with the sign of other (Python's
+    %). A Python number `input` is accepted, as PyTorch's."""
+    return remainder_(input, other)
+
+
+# ----- lerp ------------------------------------------------------------------------------------
+def lerp(input, end, weight):
+    """Same as `torch.lerp`: input + weight (end - input), elementwise. As PyTorch, it is
+    computed as end - (end - input)(1 - weight) where |weight| >= 0.5, so weight = 1 gives end
+    exactly; the gradients are 1 - weight, weight and end - input either way."""
+    if end._dtype is not input._dtype:
+        raise RuntimeError(f"expected dtype {input._dtype.scalar_name.lower()} for `end` but got "
+                           f"dtype {end._dtype.scalar_name.lower()}")
+    diff = end - input
+    if not hasattr(weight, "_dev"):
+        return input + weight * diff if abs(weight) < 0.5 else end - diff * (1 - weight)
+    return where_(lt(abs_(weight), 0.5), input + weight * diff, end - diff * (1 - weight))
+
+
 # ----- comparisons and logical ops (no gradient, bool results) ---------------------------------
 from .. import _dtype as _dt  # noqa: E402
 
@@ -215,4 +312,4 @@ logical_or = defop("logical_or", np.logical_or, differentiable=False, out_dtype=
 logical_xor = defop("logical_xor", np.logical_xor, differentiable=False, out_dtype=_dt.bool_)
 logical_not = defop("logical_not", np.logical_not, differentiable=False, out_dtype=_dt.bool_)
 
-from .unary import log, zeros_like_  # noqa: E402  (used by rules above)
+from .unary import abs_, floor_, log, sigmoid, trunc_, zeros_like_  # noqa: E402  (rules above)

@@ -154,6 +154,31 @@ def outer(input, vec2):
     return _shape.unsqueeze(input, 1) * _shape.unsqueeze(vec2, 0)
 
 
+# ----- addmm, baddbmm: compositions (no rule of their own) ------------------------------------
+def _scaled_sum(input, prod, beta, alpha):
+    """beta input + alpha prod, with input broadcast to prod's shape; beta = 0 ignores input
+    (nan and inf in it included), as PyTorch."""
+    from .shape import expand
+    expand(input.detach(), *prod.shape)                 # PyTorch's error if it cannot broadcast
+    out = prod if alpha == 1 else prod * alpha
+    if beta == 0:
+        return out
+    return out + (input if beta == 1 else input * beta)
+
+
+def addmm(input, mat1, mat2, *, beta=1, alpha=1):
+    """Same as `torch.addmm`: beta input + alpha (mat1 @ mat2) for matrices mat1, mat2."""
+    for name, m in (("mat1", mat1), ("mat2", mat2)):
+        if m.ndim != 2:
+            raise RuntimeError(f"{name} must be a matrix, got {m.ndim}-D tensor")
+    return _scaled_sum(input, mm(mat1, mat2), beta, alpha)
+
+
+def baddbmm(input, batch1, batch2, *, beta=1, alpha=1):
+    """Same as `torch.baddbmm`: beta input + alpha (batch1 @ batch2) for batches of matrices."""
+    return _scaled_sum(input, bmm(batch1, batch2), beta, alpha)
+
+
 # ----- einsum ----------------------------------------------------------------------------------
 # z = einsum(eq, x1, ..., xn) is linear in each operand: the cotangent of operand i is the
 # einsum of g with the other operands onto operand i's subscripts, expanded over any index

@@ -705,3 +705,53 @@ def cumsum(input, dim, *, dtype=None):
         input = _shape.to_dtype(input, dtype)
     d = norm_dims(_norm_int_dim(dim, "cumsum"), input.ndim)
     return cumsum_op(input, dim=d[0] if d else 0, reverse=False)
+
+
+# ----- cumprod ---------------------------------------------------------------------------------
+# y_i = prod_{j <= i} x_j, dy_j/dx_i = prod_{k <= j, k != i} x_k for j >= i. Without zeros the
+# gradient is revcumsum(g y) / x. With a zero (one host read, as PyTorch's cumprod backward) the
+# products leaving out each x_i are formed explicitly: n x n per slice, exact to every order.
+def _cumprod_impl(xp, x, dim):
+    if x.ndim == 0:
+        return x.astype(np.int64 if x.dtype.kind in "bi" else x.dtype, copy=True)
+    out = xp.cumprod(x, axis=dim, dtype=_acc_dtype(x))
+    return out.astype(np.float16) if x.dtype == np.float16 else out
+
+
+cumprod_op = defop("cumprod", _cumprod_impl, promote=KEEP)
+
+
+def cumprod_vjp(g, ans, x, dim):
+    if x.ndim == 0 or x.shape[dim] <= 1:
+        return g
+    if not _any_zero(x):
+        return cumsum_op(g * ans, dim=dim, reverse=True) / x
+    from .._creation import tensor
+    n = x.shape[dim]
+    xm, gm = _shape.movedim(x, dim, -1), _shape.movedim(g, dim, -1)
+    rows = _shape.expand(_shape.unsqueeze(xm, -2), *(xm.shape[:-1] + (n, n)))
+    eye = tensor(np.eye(n, dtype=bool), device=x.device)
+    upper = tensor(np.triu(np.ones((n, n), dtype=bool)), device=x.device)
+    p = cumprod_op(where(eye, 1.0, rows), dim=xm.ndim)      # p[i, j] = prod_{k<=j, k!=i} x_k
+    gx = sum_op(where(upper, p * _shape.unsqueeze(gm, -2), 0.0), dim=(xm.ndim,), keepdim=False)
+    return _shape.movedim(gx, -1, dim)
+
+
+defvjp(cumprod_op, cumprod_vjp)
+
+
+def cumprod(input, dim, *, dtype=None):
+    """Same as `torch.cumprod`: y_i = x_0 x_1 ... x_i along `dim` (integers and bool multiply in
+    int64). Its gradient is exact where x has zeros too."""
+    if dtype is not None:
+        input = _shape.to_dtype(input, dtype)
+    d = norm_dims(_norm_int_dim(dim, "cumprod"), input.ndim)
+    return cumprod_op(input, dim=d[0] if d else 0)
+
+
+# ----- trace -----------------------------------------------------------------------------------
+def trace(input):
+    """Same as `torch.trace`: the sum of the main diagonal of a matrix (int64 for integers)."""
+    if input.ndim != 2:
+        raise RuntimeError(f"trace: expected a matrix, but got tensor with dim {input.ndim}")
+    return sum_(_shape.diagonal(input))

@@ -74,7 +74,8 @@ def view_op(op, x, shape):
 def _plain_view(op, x, shape):
     xp = np if x._dev.type == "cpu" else _device.cupy_module()
     a = x._array()
-    out = op.impl(xp, a, shape=shape)
+    with _device.use(x._dev):               # a reshape that copies runs on x's device
+        out = op.impl(xp, a, shape=shape)
     if _trace.ON:
         _trace.call(op.impl, (xp, a), {"shape": shape}, out)
     return Tensor._make(out, x._dev, x._dtype, None)
@@ -798,3 +799,235 @@ def gather(input, dim, index, *, sparse_grad=False):
                            f"{x.shape[d]}")
     out = gather_(x, index=idx, dim=d)
     return out if index.ndim else reshape_(out, shape=())
+
+
+# ----- narrow, unflatten, movedim: views composed of the ops above ------------------------------
+def narrow(input, dim, start, length):
+    """Same as `torch.narrow`: the `length` elements of `input` along `dim` from `start` (a
+    view; `start` may be negative or a 0-d integer tensor)."""
+    if input.ndim == 0:
+        raise RuntimeError("narrow() cannot be applied to a 0-dim tensor.")
+    d = norm_dim(dim, input.ndim)
+    size = input.shape[d]
+    start, length = operator.index(start), operator.index(length)
+    if not -size <= start <= size:
+        raise IndexError(f"start out of range (expected to be in range of [{-size}, {size}], "
+                         f"but got {start})")
+    if length < 0:
+        raise RuntimeError("narrow(): length must be non-negative.")
+    if start < 0:
+        start += size
+    if start + length > size:
+        raise RuntimeError(f"start ({start}) + length ({length}) exceeds dimension size "
+                           f"({size}).")
+    return getitem_(input, index=(slice(None),) * d + (slice(start, start + length),))
+
+
+def unflatten(input, dim, sizes):
+    """Same as `torch.unflatten`: dim `dim` of `input` split into `sizes` (one may be -1)."""
+    d = norm_dim(dim, input.ndim)
+    sizes = norm_shape((sizes,), "sizes")
+    if not sizes:
+        raise RuntimeError("unflatten: sizes must be non-empty")
+    n = input.shape[d] if input.ndim else 1
+    if -1 in sizes:
+        sizes = _infer(sizes, n)
+    elif math.prod(sizes) != n:
+        raise RuntimeError(f"unflatten: Provided sizes {list(sizes)} don't multiply up to the "
+                           f"size of dim {dim} ({n}) in the input tensor")
+    shp = input.shape
+    return reshape(input, shp[:d] + tuple(sizes) + shp[d + 1:])
+
+
+def _dim_list(dims, nd, what):
+    dims = [dims] if not isinstance(dims, (list, tuple)) else list(dims)
+    out = [norm_dim(d, nd) for d in dims]
+    if len(set(out)) != len(out):
+        raise RuntimeError(f"movedim: repeated dim in `{what}` ({list(dims)})")
+    return out
+
+
+def movedim(input, source, destination):
+    """Same as `torch.movedim`: the dims `source` of `input` moved to `destination`, the others
+    keeping their order."""
+    nd = input.ndim
+    src, dst = _dim_list(source, nd, "source"), _dim_list(destination, nd, "destination")
+    if len(src) != len(dst):
+        raise RuntimeError(
+            f"movedim: Invalid source or destination dims: source ({src} dims) should contain "
+            f"the same number of dims as destination ({dst} dims)")
+    rest = iter(d for d in range(nd) if d not in src)
+    where_to = dict(zip(dst, src))
+    perm = tuple(where_to[i] if i in where_to else next(rest) for i in range(nd))
+    if perm == tuple(range(nd)):
+        return input
+    return permute_(input, dims=perm)
+
+
+moveaxis = movedim
+
+
+# ----- repeat, tile, repeat_interleave: expand or index_select, so no rule of their own --------
+def repeat(input, *sizes):
+    """Same as `torch.Tensor.repeat`: `input` tiled sizes[i] times along dim i (leading sizes
+    add dims). Its gradient sums the copies."""
+    if not sizes:
+        raise TypeError('repeat() missing 1 required positional arguments: "repeats"')
+    sizes = norm_shape(sizes, "repeats")
+    shp = input.shape
+    if len(sizes) < len(shp):
+        raise RuntimeError("Number of dimensions of repeat dims can not be smaller than number "
+                           "of dimensions of tensor")
+    target = [s * r for s, r in zip((1,) * (len(sizes) - len(shp)) + shp, sizes)]
+    if any(r < 0 for r in sizes):
+        raise RuntimeError(f"Trying to create tensor with negative dimension "
+                           f"{min(target)}: {target}")
+    shp = (1,) * (len(sizes) - len(shp)) + shp
+    x = reshape(input, tuple(v for s in shp for v in (1, s)))
+    x = expand(x, *[v for s, r in zip(shp, sizes) for v in (r, s)])
+    return reshape_(x, shape=tuple(target))
+
+
+def tile(input, dims):
+    """Same as `torch.tile`: `repeat` with `dims` padded with leading 1s to input's rank."""
+    dims = norm_shape((dims,), "dims")
+    return repeat(input, *((1,) * (input.ndim - len(dims)) + dims))
+
+
+def repeat_interleave(input, repeats=None, dim=None, *, output_size=None):
+    """Same as `torch.repeat_interleave`: each element (each slice along `dim`; with dim=None,
+    of the flattened input) repeated `repeats` times (an int, or a tensor with one count per
+    element). `repeat_interleave(counts)` alone gives the indices 0, 1, ... repeated as counted.
+    Tensor counts are read on the host."""
+    from .._creation import tensor as _tensor
+    if repeats is None:
+        counts = _counts(input)
+        return _tensor(np.repeat(np.arange(counts.size), counts), device=input.device)
+    x = input
+    if dim is None:
+        x, d = reshape(input, -1), 0
+    else:
+        d = norm_dim(dim, input.ndim)
+    n = x.shape[d] if x.ndim else 1
+    counts = _counts(repeats) if hasattr(repeats, "_dev") else operator.index(repeats)
+    if np.ndim(counts) == 0:
+        if counts < 0:
+            raise RuntimeError("Repeats must be non-negative")
+    elif counts.size != n:
+        raise RuntimeError(f"repeats must have the same size as input along dim, but got "
+                           f"repeats.size(0) = {counts.size} and input.size({d}) = {n}")
+    idx = np.repeat(np.arange(n), counts)
+    if output_size is not None and output_size != idx.size:
+        raise RuntimeError(f"allocated size does not match required size")
+    return index_select(x, d, _tensor(idx, device=input.device))
+
+
+def _counts(t):
+    if t._dtype.name not in ("int32", "int64"):
+        raise RuntimeError("repeat_interleave only accept int32 and int64 repeats")
+    if t.ndim > 1:
+        raise RuntimeError("repeats must be 0-dim or 1-dim tensor")
+    c = t._host()
+    if (c < 0).any():
+        raise RuntimeError("repeats can not be negative")
+    return c if c.ndim else int(c)
+
+
+# ----- roll ------------------------------------------------------------------------------------
+roll_ = defop("roll", lambda xp, x, shifts, dims: xp.roll(x, shifts, axis=dims), promote=KEEP,
+              saves_ans=False, saves_inputs=False)
+defvjp(roll_, lambda g, ans, x, shifts, dims: roll_(g, shifts=tuple(-s for s in shifts),
+                                                     dims=dims))
+deflinear(roll_)
+
+
+def roll(input, shifts, dims=None):
+    """Same as `torch.roll`: elements shifted along `dims` (of the flattened input when dims is
+    None), wrapping around."""
+    shifts = norm_shape((shifts,), "shifts")
+    if dims is None:
+        if len(shifts) != 1:
+            raise RuntimeError(f"shifts and dimensions must align. shifts: {len(shifts)}, "
+                               f"dims:0")
+        return roll_(input, shifts=shifts, dims=None)
+    dims = tuple(norm_dim(d, input.ndim) for d in
+                 (dims if isinstance(dims, (list, tuple)) else (dims,)))
+    if len(shifts) != len(dims):
+        raise RuntimeError(f"shifts and dimensions must align. shifts: {len(shifts)}, "
+                           f"dims:{len(dims)}")
+    if input.ndim == 0:
+        return input
+    return roll_(input, shifts=shifts, dims=dims)
+
+
+# ----- diagonal, diag --------------------------------------------------------------------------
+# diagonal takes a diagonal of each matrix over (dim1, dim2) as the last dim; its transpose,
+# diag_embed, writes a last dim onto such a diagonal of zeros. Each is the other's vjp.
+def _diag_embed(xp, g, shape, offset, dim1, dim2):
+    out = xp.zeros(shape, dtype=g.dtype)
+    mats = xp.moveaxis(out, (dim1, dim2), (-2, -1))       # a view of out
+    n = g.shape[-1]
+    rows, cols = np.arange(n) + max(-offset, 0), np.arange(n) + max(offset, 0)
+    if xp is not np:
+        rows, cols = xp.asarray(rows), xp.asarray(cols)
+    mats[..., rows, cols] = g
+    return out
+
+
+diagonal_ = defop("diagonal", lambda xp, x, offset, dim1, dim2: xp.diagonal(
+    x, offset, dim1, dim2), promote=KEEP, saves_ans=False, saves_inputs=False)
+diag_embed_ = defop("diagonal_backward", _diag_embed, promote=KEEP, saves_ans=False,
+                    saves_inputs=False)
+defvjp(diagonal_, lambda g, ans, x, offset, dim1, dim2: diag_embed_(
+    g, shape=x.shape, offset=offset, dim1=dim1, dim2=dim2))
+defvjp(diag_embed_, lambda gg, ans, g, shape, offset, dim1, dim2: diagonal_(
+    gg, offset=offset, dim1=dim1, dim2=dim2))
+deflinear(diagonal_, diag_embed_)
+
+
+def diagonal(input, offset=0, dim1=0, dim2=1):
+    """Same as `torch.diagonal`: the diagonal `offset` (above the main one if > 0) of the
+    matrices over dims (dim1, dim2), as the last dim."""
+    d1, d2 = norm_dim(dim1, input.ndim), norm_dim(dim2, input.ndim)
+    if d1 == d2:
+        raise RuntimeError(f"diagonal dimensions cannot be identical {dim1}, {dim2}")
+    return diagonal_(input, offset=operator.index(offset), dim1=d1, dim2=d2)
+
+
+def diag(input, diagonal=0):
+    """Same as `torch.diag`: a 1-D input becomes the `diagonal`-th diagonal of a square matrix
+    of zeros; a 2-D input gives its `diagonal`-th diagonal."""
+    k = operator.index(diagonal)
+    if input.ndim == 1:
+        n = input.shape[0] + abs(k)
+        return diag_embed_(input, shape=(n, n), offset=k, dim1=0, dim2=1)
+    if input.ndim == 2:
+        return diagonal_(input, offset=k, dim1=0, dim2=1)
+    raise RuntimeError(f"diag(): Supports 1D or 2D tensors. Got {input.ndim}D")
+
+
+# ----- tril, triu ------------------------------------------------------------------------------
+# Masks that keep a triangle of the last two dims; each is its own vjp.
+tril_ = defop("tril", lambda xp, x, diagonal: xp.tril(x, diagonal), promote=KEEP,
+              saves_ans=False, saves_inputs=False)
+triu_ = defop("triu", lambda xp, x, diagonal: xp.triu(x, diagonal), promote=KEEP,
+              saves_ans=False, saves_inputs=False)
+defvjp(tril_, lambda g, ans, x, diagonal: tril_(g, diagonal=diagonal))
+defvjp(triu_, lambda g, ans, x, diagonal: triu_(g, diagonal=diagonal))
+deflinear(tril_, triu_)
+
+
+def tril(input, diagonal=0):
+    """Same as `torch.tril`: the lower triangle (on and below diagonal `diagonal`) of the
+    matrices in the last two dims, zeros elsewhere."""
+    if input.ndim < 2:
+        raise RuntimeError("tril: input tensor must have at least 2 dimensions")
+    return tril_(input, diagonal=operator.index(diagonal))
+
+
+def triu(input, diagonal=0):
+    """Same as `torch.triu`: the upper triangle (on and above diagonal `diagonal`) of the
+    matrices in the last two dims, zeros elsewhere."""
+    if input.ndim < 2:
+        raise RuntimeError("triu: input tensor must have at least 2 dimensions")
+    return triu_(input, diagonal=operator.index(diagonal))

@@ -181,3 +181,96 @@ erf_bwd = fused("erf_bwd", "unary", "T g, T x", "T gx", twin=_erf_bwd_twin)
 defvjp(erf, lambda g, ans, x: erf_bwd(g, x))
 defvjp(erf_bwd, lambda gg, _, g, x: erf_bwd(gg, x),            # linear in g
                 lambda gg, _, g, x: -2 * x * erf_bwd(gg * g, x))
+
+# ----- sinh, cosh ------------------------------------------------------------------------------
+# y = sinh(x), dy/dx = cosh(x);  y = cosh(x), dy/dx = sinh(x)
+sinh = defop("sinh", np.sinh, promote=FLOAT, saves_ans=False)
+defvjp(sinh, lambda g, ans, x: g * cosh(x))
+
+cosh = defop("cosh", np.cosh, promote=FLOAT, saves_ans=False)
+defvjp(cosh, lambda g, ans, x: g * sinh(x))
+
+# ----- asinh, atanh ----------------------------------------------------------------------------
+# y = asinh(x), dy/dx = 1 / sqrt(x^2 + 1);  y = atanh(x), dy/dx = 1 / (1 - x^2)
+asinh = defop("asinh", np.arcsinh, promote=FLOAT, saves_ans=False)
+defvjp(asinh, lambda g, ans, x: g * rsqrt(x * x + 1))
+
+atanh = defop("atanh", np.arctanh, promote=FLOAT, saves_ans=False)
+defvjp(atanh, lambda g, ans, x: g / (1 - x * x))
+
+# ----- asin, acos, atan ------------------------------------------------------------------------
+# y = asin(x), dy/dx = 1 / sqrt(1 - x^2);  acos: the negative;  y = atan(x), dy/dx = 1 / (1 + x^2)
+asin = defop("asin", np.arcsin, promote=FLOAT, saves_ans=False)
+defvjp(asin, lambda g, ans, x: g * rsqrt(1 - x * x))
+
+acos = defop("acos", np.arccos, promote=FLOAT, saves_ans=False)
+defvjp(acos, lambda g, ans, x: -g * rsqrt(1 - x * x))
+
+atan = defop("atan", np.arctan, promote=FLOAT, saves_ans=False)
+defvjp(atan, lambda g, ans, x: g / (1 + x * x))
+
+arcsinh, arctanh, arcsin, arccos, arctan = asinh, atanh, asin, acos, atan
+
+# ----- floor, ceil, trunc, round, frac ---------------------------------------------------------
+# Piecewise constant: the gradient is zero (PyTorch's), still connected to x. Integer inputs are
+# returned as they are (a copy), as PyTorch; round and frac refuse them, as PyTorch.
+floor_ = defop("floor", np.floor, saves_ans=False, saves_inputs=False)
+ceil_ = defop("ceil", np.ceil, saves_ans=False, saves_inputs=False)
+trunc_ = defop("trunc", np.trunc, saves_ans=False, saves_inputs=False)
+rint_ = defop("round", np.rint, saves_ans=False, saves_inputs=False)   # half to even
+for _op in (floor_, ceil_, trunc_, rint_):
+    defvjp(_op, lambda g, ans, x: zeros_like_(g))
+
+
+def _rounding(op, input):
+    if input._dtype.is_floating_point:
+        return op(input)
+    from . import clone
+    return clone(input)
+
+
+def floor(input):
+    """Same as `torch.floor`: the largest integer <= x, elementwise."""
+    return _rounding(floor_, input)
+
+
+def ceil(input):
+    """Same as `torch.ceil`: the smallest integer >= x, elementwise."""
+    return _rounding(ceil_, input)
+
+
+def trunc(input):
+    """Same as `torch.trunc`: x rounded towards zero, elementwise."""
+    return _rounding(trunc_, input)
+
+
+fix = trunc
+
+
+def _floats_only(input, name):
+    if not input._dtype.is_floating_point:
+        raise NotImplementedError(
+            f'"{name}_cpu" not implemented for \'{input._dtype.scalar_name}\'')
+
+
+def round(input, *, decimals=0):    # noqa: A001  (PyTorch's name)
+    """Same as `torch.round`: x rounded to `decimals` decimal places, halves to even.
+
+    With `decimals` != 0 it computes rint(x * 10^d) / 10^d (for d < 0, rint(x / 10^-d) * 10^-d),
+    as PyTorch does, so values match PyTorch's rounding of the scaled value. The gradient is
+    zero. Integer inputs are returned unchanged with decimals=0 and refused otherwise.
+    """
+    if decimals == 0:
+        return _rounding(rint_, input)
+    _floats_only(input, "round")
+    if decimals > 0:
+        f = 10.0 ** decimals
+        return rint_(input * f) / f
+    f = 10.0 ** -decimals
+    return rint_(input / f) * f
+
+
+def frac(input):
+    """Same as `torch.frac`: x - trunc(x); its gradient is 1."""
+    _floats_only(input, "frac")
+    return input - trunc_(input)
