@@ -1,0 +1,324 @@
+"""The vjp in one pass (gpuvjp/_onepass.py, GPUVJP_ROW_KERNELS=1): a sum or mean over trailing
+dims and the backward that does not read it run as ONE kernel. On the CPU: launch counts and
+bytes through gv.profiler, values equal bit for bit to the two-kernel path, the fallbacks (a
+backward that reads the reduction, a read of the output, the map itself asked for, other dims).
+The generated RawKernel: its exact source compiles with NVRTC for every variant and leaf kind;
+(gpu) the emulated CuPy runs its host side and twin against the CPU, and on a GPU the kernel
+runs against its twin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpuvjp as gv
+from gpuvjp import _lazy, _onepass, _plan
+from gpuvjp.ops import _kernels, _rows
+from tests.ops.test_kernels import _cupy_options, _has_fp16_header, _nvrtc_compile, \
+    nvrtc  # noqa: F401  (nvrtc: a fixture)
+from tests.test_fusion import _chain
+
+pytestmark = pytest.mark.skipif(not _lazy.ENABLED, reason="GPUVJP_FUSION=0: fusion is off")
+
+
+@pytest.fixture
+def switch(monkeypatch):
+    """run(on) sets GPUVJP_ROW_KERNELS for the calls that follow."""
+    def run(on):
+        monkeypatch.setenv("GPUVJP_ROW_KERNELS", "1" if on else "0")
+    return run
+
+
+def _vjp(f, x, v, device="cpu"):
+    t = gv.tensor(x, device=device)
+    tv = None if v is None else gv.tensor(v, device=device)
+    with gv.profiler.profile() as prof:
+        out, gx = gv.vjp(f, t, tv)
+    return out.numpy(), gx.numpy(), prof
+
+
+def _both(f, x, v, switch, device="cpu"):
+    switch(False)
+    off = _vjp(f, x, v, device)
+    switch(True)
+    on = _vjp(f, x, v, device)
+    return off, on
+
+
+def _equal(on, off):
+    for a, b in zip(on[:2], off[:2]):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+# ----- the CPU: one kernel, the same values ---------------------------------------------------
+@pytest.mark.parametrize("n", [64, 300])      # 300: the plan runs in blocks of rows
+def test_w1_vjp_is_one_kernel(n, switch, rng):
+    x = rng.standard_normal((n, n))
+    v = rng.standard_normal(n)
+    off, on = _both(lambda t: t.exp().sum(dim=1), x, v, switch)
+    prof = on[2]
+    assert prof.launches == 1, prof.table()
+    k = prof.kernels[0]
+    assert k.name.startswith("gv_onepass_") and k.ops[-1] == "sum" and k.elements == n * n
+    assert k.bytes_read == n * n * 8 + n * 8, prof.table()          # x once, v once
+    assert k.bytes_written == n * n * 8 + n * 8, prof.table()       # gx and out
+    assert off[2].launches <= 2, off[2].table()
+    _equal(on, off)
+    np.testing.assert_allclose(on[1], np.exp(x) * v[:, None], rtol=1e-14)
+
+
+W = 300
+PROGRAMS = {
+    # name: (f, x shape, kernels with the switch on)
+    "w1-keepdim": (lambda t: t.exp().sum(dim=1, keepdim=True), (W, W), 1),
+    "trailing-two": (lambda t: (t.sin() * t).sum(dim=(1, 2)), (40, 60, 50), 1),
+    "negative-dims": (lambda t: t.tanh().sum(dim=(-1, -2)), (7, 6, 5), 1),
+    "one-row": (lambda t: (t.sin() + 1).exp().sum(), (5000,), 1),
+    "w2-chain16": (lambda t: _chain(t, 16).sum(), (100000,), 1),
+    "bias": (lambda t: (t * gv.tensor(np.linspace(0, 1, W).reshape(1, W))).tanh().sum(1),
+             (W, W), 1),
+    # the mean's backward divides the cotangent first (its expand needs memory): 2 kernels
+    "mean": (lambda t: t.exp().mean(dim=1), (W, W), 2),
+    "mean-trailing": (lambda t: t.sin().mean(dim=(1, 2)), (5, 4, 7), 2),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_one_pass_values_equal_the_two_kernel_path(name, dtype, switch, rng):
+    f, shape, kernels = PROGRAMS[name]
+    x = rng.uniform(-1, 1, shape).astype(dtype)
+    out_shape = f(gv.tensor(x)).shape
+    v = None if not out_shape else rng.uniform(-1, 1, out_shape).astype(dtype)
+    if name == "bias" and dtype != "float64":
+        pytest.skip("the float64 bias promotes the program")
+    off, on = _both(f, x, v, switch)
+    assert on[2].launches == kernels, on[2].table()
+    assert on[2].launches < off[2].launches, (on[2].table(), off[2].table())
+    assert any(k.name.startswith("gv_onepass_") for k in on[2].kernels)
+    _equal(on, off)
+
+
+FALLBACKS = {
+    # the backward reads the reduction: it is computed alone, where the product needs it
+    "reads-the-sum": lambda t: (lambda s: s * s)(t.exp().sum(dim=1)),
+    "sum-of-the-sum": lambda t: t.exp().sum(dim=1).sum(),
+    "not-trailing": lambda t: t.exp().sum(dim=0),
+    "map-returned-too": lambda t: (lambda e: (e, e.sum(dim=1)))(t.exp()),
+    "logsumexp": lambda t: gv.logsumexp(t, 1),
+    "softmax": lambda t: gv.nn.functional.softmax(t, dim=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FALLBACKS))
+def test_where_one_pass_does_not_apply_nothing_changes(name, switch, rng):
+    f = FALLBACKS[name]
+    x = rng.uniform(-1, 1, (50, 40))
+    outs = f(gv.tensor(x))
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    v = tuple(rng.uniform(-1, 1, o.shape) for o in outs)
+    v = v if len(v) > 1 else v[0]
+
+    def run(on):
+        switch(on)
+        t = gv.tensor(x)
+        tv = tuple(map(gv.tensor, v)) if isinstance(v, tuple) else gv.tensor(v)
+        with gv.profiler.profile() as prof:
+            out, gx = gv.vjp(f, t, tv)
+        out = out if isinstance(out, tuple) else (out,)
+        return [o.numpy() for o in out] + [gx.numpy()], prof
+
+    off, p_off = run(False)
+    on, p_on = run(True)
+    assert p_on.launches == p_off.launches, (p_on.table(), p_off.table())
+    assert not any(k.name.startswith("gv_onepass_") for k in p_on.kernels)
+    for a, b in zip(on, off):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_deferred_sum_read_or_used_is_computed_alone(switch, rng):
+    switch(True)
+    x = gv.tensor(rng.uniform(-1, 1, (30, 20)))
+    s = x.exp().sum(dim=1)
+    assert type(s._data) is _lazy.Pending and s._data.depth == _onepass.DEPTH
+    assert s.shape == (30,) and s.dtype == gv.float64 and s.numel() == 30
+    with gv.profiler.profile() as prof:
+        got = s.numpy()
+    assert prof.launches == 1 and prof.kernels[0].name.endswith("_sum"), prof.table()
+    np.testing.assert_array_equal(got, np.exp(x.numpy()).sum(1))
+    u = x.sin().sum(dim=1)
+    w = (u * 2 + x.cos()[:, 0]).numpy()          # an elementwise op computes u first
+    np.testing.assert_array_equal(w, np.sin(x.numpy()).sum(1) * 2 + np.cos(x.numpy()[:, 0]))
+
+
+def test_grad_runs_one_pass_too(switch, rng):
+    switch(True)
+    x = gv.tensor(rng.uniform(-1, 1, (64, 32)), requires_grad=True)
+    v = gv.tensor(rng.uniform(-1, 1, 64))
+    with gv.profiler.profile() as prof:
+        y = x.exp().sum(dim=1)
+        (gx,) = gv.autograd.grad(y, x, v)
+    assert prof.launches == 1, prof.table()
+    np.testing.assert_allclose(gx.numpy(), np.exp(x.numpy()) * v.numpy()[:, None], rtol=1e-14)
+    np.testing.assert_allclose(y.numpy(), np.exp(x.numpy()).sum(1), rtol=1e-14)
+
+
+def test_switch_off_defers_nothing(switch, rng):
+    switch(False)
+    x = gv.tensor(rng.uniform(-1, 1, (30, 20)), requires_grad=True)
+    s = x.exp().sum(dim=1)
+    assert type(s._data) is not _lazy.Pending
+    assert x.exp().mean(dim=1)._node.op.name == "div"          # sum(x) / n
+    switch(True)
+    assert x.exp().mean(dim=1)._node.op.name == "mean"         # deferred as one reduction
+
+
+# ----- the generated RawKernel ------------------------------------------------------------------
+def _one_pass_plan(shape, dtype, leaves, kind="sum"):
+    """The one-pass plan of a map over `shape` with leaves of the given kinds, as `_onepass`
+    builds it, and its (kernel name, kinds, launch)."""
+    rng = np.random.default_rng(3)
+    x = gv.tensor(rng.uniform(-1, 1, shape).astype(dtype))
+    m = x.exp()
+    g = m * 2.5                                            # a scalar leaf
+    if "row" in leaves:
+        row = rng.uniform(-1, 1, shape[:-1] + (1,)).astype(dtype)
+        g = g * gv.tensor(row)
+    if "col" in leaves:
+        g = g + gv.tensor(rng.uniform(-1, 1, (1,) * (len(shape) - 1) + shape[-1:]).astype(dtype))
+    plan = _plan.build([m._data, g._data])
+    red = _onepass.RowReduce(gv.ops.REGISTRY["sum"], {"dim": (len(shape) - 1,),
+                                                       "keepdim": False}, 1)
+    name = _onepass.kernel_name(plan, red).replace("_sum", f"_{kind}")
+    return plan, _rows.onepass_launch(plan, kind, 1, name)
+
+
+VARIANTS = {"warp": (40, 300), "block": (6, 3000), "split": (3, 70000)}
+
+
+@pytest.mark.parametrize("kind", ["sum", "mean"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_one_pass_kernel_compiles_with_nvrtc(variant, dtype, kind, nvrtc):
+    plan, got = _one_pass_plan(VARIANTS[variant], dtype, ("row", "col"), kind)
+    kname, kinds, launch = got
+    assert launch.variant == variant and {k[0] for k in kinds} == {"full", "row", "col",
+                                                                    "scalar"}
+    threads = launch.block[0] * launch.block[1] * launch.block[2]
+    source = _rows.onepass_source(kname, plan, kind, kinds, launch.variant, launch.block_x,
+                                  threads)
+    options = _cupy_options(_rows.OPTIONS)
+    if not _has_fp16_header(options):
+        pytest.skip("cuda_fp16.h (kernels/rows.cuh) is on none of CuPy's include paths")
+    ok, log = _nvrtc_compile(nvrtc, source, f"{kname}.cu", options)
+    assert ok, f"NVRTC rejects {kname} ({dtype}):\n{log}"
+
+
+def test_one_pass_nvrtc_check_fails_on_a_broken_kernel(nvrtc):
+    plan, (kname, kinds, launch) = _one_pass_plan((6, 3000), "float32", ("row",))
+    source = _rows.onepass_source(kname, plan, "sum", kinds, launch.variant, launch.block_x,
+                                  launch.block[0])
+    broken = source.replace("Op::one(_m)", "Op::one_renamed(_m)")
+    assert broken != source
+    ok, log = _nvrtc_compile(nvrtc, broken, f"{kname}.cu", _cupy_options(_rows.OPTIONS))
+    assert not ok and "one_renamed" in log, log
+
+
+def test_one_pass_declines_float16_and_leaves_it_cannot_index():
+    assert _one_pass_plan((6, 3000), "float16", ("row",))[1] is None
+    x = gv.tensor(np.ones((30, 20)))
+    t = gv.tensor(np.ones((20, 30))).T                       # a transposed view: not rows
+    plan = _plan.build([(x.exp() * t)._data, (x * 2)._data])
+    assert _rows.onepass_launch(plan, "sum", 1, "gv_onepass_t_sum") is None
+    assert _rows.onepass_launch(plan, "amax", 1, "gv_onepass_t_amax") is None
+
+
+# ----- cuda: the emulated CuPy runs the host side and the twins; a GPU runs the kernels ---------
+CUDA_CASES = {
+    # name: (f, x shape, dtype, launch variant or None: declines, 2 kernels)
+    "warp": (lambda t: t.exp().sum(dim=1), (40, 300), "float32", "warp"),
+    "odd": (lambda t: t.exp().sum(dim=1), (7, 33), "float64", "warp"),
+    "one-element-rows": (lambda t: (t * 3).exp().sum(dim=1), (9, 1), "float32", "warp"),
+    "block": (lambda t: (t.sin() * t).sum(dim=1), (6, 3000), "float32", "block"),
+    "split": (lambda t: (t.tanh() * 0.5).sum(dim=1), (3, 70000), "float32", "split"),
+    "one-row": (lambda t: _chain(t, 16).sum(), (100000,), "float32", "split"),
+    "trailing-two": (lambda t: t.cos().sum(dim=(1, 2)), (5, 40, 30), "float64", "block"),
+    "mean": (lambda t: t.exp().mean(dim=1), (33, 1500), "float32", "block"),
+    "nan-inf": (lambda t: (t * 400).exp().sum(dim=1), (8, 50), "float32", "warp"),
+    "float16": (lambda t: t.exp().sum(dim=1), (8, 50), "float16", None),
+    "transposed": (lambda t: t.T.exp().sum(dim=1), (50, 8), "float32", None),
+}
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The variants of the one-pass launches made while it is active."""
+    seen = []
+    real = _rows.onepass_launch
+
+    def spy(*args, **kwargs):
+        got = real(*args, **kwargs)
+        if got is not None:
+            seen.append(got[2].variant)
+        return got
+    monkeypatch.setattr(_rows, "onepass_launch", spy)
+    return seen
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", sorted(CUDA_CASES))
+def test_one_pass_on_cuda_matches_cpu(case, switch, launches, rng):
+    f, shape, dtype, variant = CUDA_CASES[case]
+    switch(True)
+    x = rng.uniform(-2, 2, shape).astype(dtype)
+    out_shape = f(gv.tensor(x)).shape
+    v = None if not out_shape else \
+        np.linspace(-1, 1, int(np.prod(out_shape))).reshape(out_shape).astype(dtype)
+    cpu = _vjp(f, x, v)
+    for _ in range(2):                        # twice: the split rows' counts are reset
+        cuda = _vjp(f, x, v, "cuda")
+    kernels = [k.name for k in cuda[2].kernels]
+    if variant is None:
+        assert len(kernels) >= 2 and not launches, kernels
+    else:
+        assert len(kernels) == (2 if case == "mean" else 1), kernels
+        assert launches and set(launches) == {variant}
+    tol = {"float16": 1e-2, "float32": 1e-4, "float64": 1e-11}[dtype]
+    for got, want in zip(cuda[:2], cpu[:2]):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, equal_nan=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_hardware                  # the kernel against its twin
+@pytest.mark.parametrize("case", sorted(c for c in CUDA_CASES if CUDA_CASES[c][3]))
+def test_one_pass_kernel_on_cuda_matches_twin(case, switch, monkeypatch, rng):
+    import cupy
+
+    f, shape, dtype, _ = CUDA_CASES[case]
+    switch(True)
+    calls = []
+    real = _kernels._launch
+
+    def spy(kern, family, fn, *args, **kwargs):
+        if fn.startswith("onepass_"):
+            grid, block, kargs = args
+            host = tuple(a.get() if isinstance(a, cupy.ndarray) else a for a in kargs)
+            out = real(kern, family, fn, *args, **kwargs)
+            calls.append((fn, grid, block, kargs, host))
+            return out
+        return real(kern, family, fn, *args, **kwargs)
+    monkeypatch.setattr(_kernels, "_launch", spy)
+    x = gv.tensor(rng.uniform(-2, 2, shape).astype(dtype), device="cuda")
+    out_shape = f(x).shape
+    v = None if not out_shape else gv.tensor(rng.uniform(-1, 1, out_shape).astype(dtype),
+                                             device="cuda")
+    gv.vjp(f, x, v)
+    assert calls
+    for fn, grid, block, dev_args, host in calls:      # host: the arguments before the launch
+        _kernels.TWINS[f"gv_{fn}"](grid, block, host)
+        for d, h in zip(dev_args, host):
+            if isinstance(d, cupy.ndarray) and d.dtype != np.uint32:
+                np.testing.assert_allclose(d.get(), h, rtol=1e-5, atol=1e-6, equal_nan=True,
+                                           err_msg=f"{fn} against its twin")
