@@ -188,8 +188,9 @@ def evaluate(plan, red, leaves=None):
     lead = nd - red.k
     dims = tuple(range(lead, nd))
     fn = lambda v: red.op.impl(np, v, dim=dims, keepdim=False)    # noqa: E731
-    # blocks of rows exactly where the reduction alone would take them (`_plan.reduce_rows`)
-    rows = _plan._rows_per_block(plan.shape) if lead and plan.outputs[0] > 0 else None
+    # blocks of rows whenever the leading dims allow: the map and the group's temporaries stay
+    # in cache (NumPy sums each row of a block as it sums it in the whole array)
+    rows = _plan._rows_per_block(plan.shape) if lead else None
     with _device.compute(_device.CPU):   # nan and inf propagate silently
         if rows is None:
             vals = _plan._evaluate(plan, leaves, plan.shape)
