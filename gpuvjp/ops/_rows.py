@@ -540,13 +540,28 @@ def _mean_op():
         return out
 
     def mean_vjp(g, ans, x, dim, keepdim):
-        return keep(g, dim, keepdim, x.shape) / math.prod(x.shape[d] for d in dim)
+        gx = keep(g, dim, keepdim, x.shape) / math.prod(x.shape[d] for d in dim)
+        if type(gx._data) is Pending and not gx._nb and gx.shape != x.shape:
+            # the graph's expand of a pending cotangent needs memory (a kernel of its own); a
+            # product with a stride-0 view of 1 broadcasts it inside the backward's plan instead
+            # (g * 1 is g, -0 and inf included), so the one-pass plan holds it
+            gx = gx * _ones(gx, x.shape)
+        return gx
 
     op = Op("mean", impl, promote=KEEP, saves_ans=False, saves_inputs=False)
     op.takes_pending = True          # a pending DAG is deferred as its map (gpuvjp/_onepass.py)
     defvjp(op, mean_vjp)
     deflinear(op)
     return op
+
+
+def _ones(like, shape):
+    """A Tensor of ones of `shape` like `like` (dtype, device) that holds one element: a
+    stride-0 view, read once per row by the one-pass kernel."""
+    from .._tensor import Tensor
+    xp = _device.array_module(like._dev)
+    one = xp.broadcast_to(xp.ones((), like._dtype.np), shape)
+    return Tensor._make(one, like._dev, like._dtype, None)
 
 
 def mean(input, dims, keepdim):
