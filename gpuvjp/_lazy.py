@@ -12,6 +12,12 @@ plan can express as a Pending instead of running it, on both devices. A DAG is m
 - the size cap: a node whose DAG would be deeper than MAX_DEPTH materialises its pending
   inputs first, so one kernel never grows past MAX_DEPTH levels (compile time, registers).
 
+With GPUVJP_ROW_KERNELS=1 a sum or mean over trailing dims of a DAG is deferred instead
+(`_onepass.py`): a Pending of depth MAX_DEPTH + 1 that the final `force` of a vjp runs in one
+kernel with the backward of its map's shape. Any other use computes it alone, as without the
+switch; the hooks here are one depth comparison per Pending (`force_pending`, `reduce`) and the
+cap's branch of `record`.
+
 A value the forward computed but never wrote (a Pending consumed by a reduction, or still
 pending) is recomputed inside the backward's kernel from the DAG's leaves: the backward rules
 record Pendings that read the forward's Pendings. A forward value is in memory only when
@@ -41,6 +47,13 @@ ENABLED = os.environ.get("GPUVJP_FUSION", "1").strip().lower() not in ("0", "fal
 
 # Deepest DAG one kernel computes. W2's fused backward (16 ops and their rules) is ~40 deep.
 MAX_DEPTH = 64
+
+# GPUVJP_ROW_KERNELS=1 (the one-pass switch), read at each reduction from the mapping behind
+# os.environ (which os.environ's writes keep current) at the cost of one dict lookup
+_ENV, _ROWS_KEY, _ROWS_ON = os.environ, "GPUVJP_ROW_KERNELS", "1"
+if hasattr(os.environ, "_data") and hasattr(os.environ, "encodekey"):
+    _ENV = os.environ._data
+    _ROWS_KEY, _ROWS_ON = os.environ.encodekey(_ROWS_KEY), os.environ.encodevalue(_ROWS_ON)
 
 _LOCK = threading.RLock()
 _INFO: dict = {}          # (op, argument types) -> (out dtype, computation dtype)
@@ -242,7 +255,7 @@ def reduce(op, x, params, dev):
     mean over trailing dims is deferred instead (`_onepass`: a vjp's backward may join it)."""
     if x.depth > MAX_DEPTH:          # a deferred reduction: the caller materialises it
         return None
-    if os.environ.get("GPUVJP_ROW_KERNELS") == "1":
+    if _ENV.get(_ROWS_KEY) == _ROWS_ON:      # GPUVJP_ROW_KERNELS=1, read at each call
         from . import _onepass
         d = _onepass.defer(op, x, params, dev)
         if d is not None:

@@ -11,15 +11,23 @@ dividing an index per element. Each RawKernel's NumPy twin (registered in `_kern
 emulates its block and grid decomposition: which elements each thread merges, in which order,
 and how the threads' states merge, so the geometry is checked on the CPU.
 
+It also runs the vjp in one pass (gpuvjp/_onepass.py decides when): a fused Plan whose first
+output is reduced per row (sum, mean) and whose other outputs are written, as one generated
+RawKernel (`onepass`), with its NumPy twin and its geometry taken from `plan`.
+
 What it may import: NumPy, `_kernels` (sources, twins, compile errors), `_registry` (the mean
-op); CuPy only through the array module it is handed. It never touches the graph, the Pending
-DAGs (a reduction of a pending elementwise DAG keeps its ReductionKernel path), or CPU paths:
-every entry point returns None where it does not apply, and the caller runs its usual code.
+op), `_lazy` (the Pending type, for the mean of a pending DAG), `_plan` (a Plan's name and NumPy
+evaluation, for the one-pass kernel and its twin); CuPy only through the array module it is
+handed or `_device`. It never touches the graph or builds Pending DAGs (a plain reduction of a
+pending DAG keeps its ReductionKernel path; `_onepass` hands it a built Plan), and its only CPU
+path is the mean op of a pending DAG (deferred by `_lazy.reduce`): every entry point returns
+None where it does not apply, and the caller runs its usual code.
 
 TODO(#10): the geometry constants below are first guesses, to be set (and the switch turned on
 per kernel) from scripts/bench_kernels.py on a GPU. TODO(#10): elementwise plans are lazy now
 (_lazy.py), so a row reduction of a pending DAG can take the DAG as its per-element map
-(RowOp.one of the map) instead of leaving it to the ReductionKernel path.
+(RowOp.one of the map) instead of leaving it to the ReductionKernel path; the one-pass kernel
+below does so for sum and mean when a vjp's backward joins it.
 """
 
 from __future__ import annotations
