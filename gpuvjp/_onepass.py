@@ -110,8 +110,26 @@ def run(deferred, groups):
 
 
 def _alone(d, x):
-    """The reduction by itself, as `_lazy.reduce` runs it without the switch."""
+    """The reduction by itself: one kernel named and recorded as without the switch, where
+    the map is pending (on cuda the row kernel of the map, `ops/_rows.onepass` with nothing
+    else to write, where it applies; a mean on the CPU in one record); otherwise as
+    `_lazy.reduce` runs it without the switch (a mean: the sum, then / n)."""
     red = d.op
+    if x.value is None and (d.dev.type != "cpu" or red.name == "mean"):
+        plan = _plan.build([x])
+        name = _plan.kernel_name(plan) + f"_{red.name}"
+        token = _profiler.start(d.dev) if _profiler.ACTIVE else None
+        if d.dev.type == "cpu":
+            out = evaluate(plan, red)[0]
+        else:
+            from .ops import _rows
+            got = _rows.onepass(plan, red.name, red.k, name, d.dev)
+            out = None if got is None else got[0]
+        if out is not None:
+            out = out.reshape(d.shape)
+            if token is not None:
+                _plan.record(plan, name, [out], extra_ops=[red.name], token=token)
+            return out
     if x.value is None and red.name == "mean":     # sum / n: the ops the mean is without it
         from .ops import REGISTRY
         s = _lazy.reduce_now(REGISTRY["sum"], x, red.params, d.dev)

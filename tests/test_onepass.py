@@ -216,6 +216,23 @@ def test_one_pass_kernel_compiles_with_nvrtc(variant, dtype, kind, nvrtc):
     assert ok, f"NVRTC rejects {kname} ({dtype}):\n{log}"
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_reduction_alone_kernel_compiles_with_nvrtc(variant, nvrtc):
+    """A reduction no backward joins: the plan's function returns the map value."""
+    x = gv.tensor(np.ones(VARIANTS[variant], np.float32))
+    plan = _plan.build([((x * 0.5).exp() + x.sin())._data])
+    kname, kinds, launch = _rows.onepass_launch(plan, "mean", 1, "gv_fuse_alone_mean")
+    assert launch.variant == variant and len(plan.outputs) == 1
+    source = _rows.onepass_source(kname, plan, "mean", kinds, launch.variant, launch.block_x,
+                                  launch.block[0] * launch.block[1])
+    assert "_m = gv::fz" in source
+    options = _cupy_options(_rows.OPTIONS)
+    if not _has_fp16_header(options):
+        pytest.skip("cuda_fp16.h (kernels/rows.cuh) is on none of CuPy's include paths")
+    ok, log = _nvrtc_compile(nvrtc, source, f"{kname}.cu", options)
+    assert ok, f"NVRTC rejects {kname}:\n{log}"
+
+
 def test_one_pass_nvrtc_check_fails_on_a_broken_kernel(nvrtc):
     plan, (kname, kinds, launch) = _one_pass_plan((6, 3000), "float32", ("row",))
     source = _rows.onepass_source(kname, plan, "sum", kinds, launch.variant, launch.block_x,
@@ -416,3 +433,47 @@ def test_higher_order_and_forward_mode_are_unchanged(name, switch, rng):
         got[on] = (hvp, jvp, hess)
     for a, b in zip(got[True], got[False]):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+FORWARD = {   # a reduction of a pending DAG that no backward joins: the row kernel of its map
+    "sum-warp": (lambda t: (t.sin() * t).sum(dim=1), (40, 300), "warp"),
+    "sum-split": (lambda t: t.exp().sum(dim=1), (3, 70000), "split"),
+    "mean-block": (lambda t: (t * 0.5).tanh().mean(dim=(1, 2)), (6, 40, 50), "block"),
+    "mean-one-row": (lambda t: t.cos().mean(), (5000,), "block"),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", sorted(FORWARD))
+def test_a_reduction_alone_runs_the_row_kernel_of_its_map(case, switch, launches, rng):
+    """Read without a backward, a deferred sum or mean runs as the row kernel with its map on
+    cuda; the profiler's records are the CPU's, kernel for kernel."""
+    f, shape, variant = FORWARD[case]
+    switch(True)
+    x = rng.uniform(-2, 2, shape).astype(np.float32)
+    got = {}
+    for dev in ("cpu", "cuda"):
+        with gv.profiler.profile() as prof:
+            out = f(gv.tensor(x, device=dev)).numpy()
+        got[dev] = out, [(k.name, k.ops, k.elements, k.bytes_read, k.bytes_written)
+                         for k in prof.kernels]
+    assert set(launches) == {variant}
+    assert got["cuda"][1] == got["cpu"][1] and len(got["cpu"][1]) == 1, got
+    np.testing.assert_allclose(got["cuda"][0], got["cpu"][0], rtol=1e-5, atol=1e-6)
+    switch(False)
+    np.testing.assert_array_equal(got["cpu"][0], f(gv.tensor(x)).numpy())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["warp", "split", "mean"])
+def test_the_profiler_reads_the_same_on_cuda_as_on_cpu_in_one_pass(case, switch, rng):
+    f, shape, dtype, _ = CUDA_CASES[case]
+    switch(True)
+    x = rng.uniform(-1, 1, shape).astype(dtype)
+    v = np.ones(shape[0], dtype)
+    records = {}
+    for dev in ("cpu", "cuda"):
+        prof = _vjp(f, x, v, dev)[2]
+        records[dev] = [(k.name, k.ops, k.elements, k.bytes_read, k.bytes_written)
+                        for k in prof.kernels]
+    assert len(records["cpu"]) == 1 and records["cuda"] == records["cpu"]

@@ -905,7 +905,10 @@ def onepass_source(kname, fplan, kind, kinds, variant, bx, threads):
                   "      _count[_r] = 0;",
                   "    }",
                   "  }"]}[variant]
-    refs = ", ".join(args + ["_m"] + [f"_v{k}" for k in range(len(outs))])
+    if outs:
+        call = f"gv::{fz}({', '.join(args + ['_m'] + [f'_v{k}' for k in range(len(outs))])});"
+    else:                      # the reduction alone: the plan's function returns the map value
+        call = f"_m = gv::{fz}({', '.join(args)});"
     body = [f'extern "C" __global__ void __launch_bounds__({threads}) {kname}('
             + ", ".join(sig) + ") {",
             f"  typedef gv::{ONEPASS_OPS[kind]}<{mt}> Op;",
@@ -918,7 +921,7 @@ def onepass_source(kname, fplan, kind, kinds, variant, bx, threads):
             *per_col,
             f"    {mt} _m;",
             *[f"    {t} _v{k};" for k, t in enumerate(outs)],
-            f"    gv::{fz}({refs});",
+            f"    {call}",
             *[f"    _w{k}[_j] = _v{k};" for k in range(len(outs))],
             "    _s = Op::merge(_s, Op::one(_m));",
             "  }",
