@@ -369,6 +369,13 @@ def map_sum(b, rng):
                       f"ReductionKernel, {'CUB' if acc else 'no CUB'}",
                       lambda: _kernels.map_sum(op, x, 1, False), nbytes, ref,
                       lambda: _close(_kernels.map_sum(op, x, 1, False), comp()))
+        t = gv.tensor(x.get(), device="cuda")
+        for on in (False, True):       # through gpuvjp: the fused ReductionKernel, the row kernel
+            with _row_switch(on):
+                b.add("map reduction", "gv.exp(t).sum(dim=1)", str(shape), "float32",
+                      "row kernel of the pending map (GPUVJP_ROW_KERNELS=1)" if on else
+                      "fused plan's ReductionKernel", lambda: gv.exp(t).sum(dim=1)._array(),
+                      nbytes, ref, lambda: _close(gv.exp(t).sum(dim=1)._array(), comp()))
 
 
 VJPS = {
