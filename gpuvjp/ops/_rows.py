@@ -963,13 +963,14 @@ _ONEPASS: dict = {}
 _COUNTS: dict = {}
 
 
-def _counts(xp, rows, dev_id):
-    """The per-row arrival counts of split one-pass kernels on a device: zeros, kept zero by the
-    kernels (the last block of a row resets its count)."""
-    c = _COUNTS.get(dev_id)
+def _counts(xp, rows):
+    """The per-row arrival counts of split one-pass kernels on the current device and stream
+    (launches on one stream never overlap): zeros, kept zero by the kernels (the last block of
+    a row resets its count)."""
+    key = (xp.cuda.Device().id, xp.cuda.get_current_stream().ptr)
+    c = _COUNTS.get(key)
     if c is None or c.size < rows:
-        c = _COUNTS[dev_id] = xp.zeros(max(rows, 1024, 0 if c is None else 2 * c.size),
-                                       np.uint32)
+        c = _COUNTS[key] = xp.zeros(max(rows, 1024, 0 if c is None else 2 * c.size), np.uint32)
     return c
 
 
@@ -1014,7 +1015,7 @@ def onepass(fplan, kind, k, name, dev):
         if launch.variant == "split":
             parts = launch.grid[0]
             args += [cupy.empty(rows * parts * ROW_OPS[kind].k, mt),
-                     _counts(cupy, rows, dev.index)]
+                     _counts(cupy, rows)]
         args += [np.int64(rows), np.int64(n)]
         _kernels._launch(kern, "rows", kname[3:], launch.grid, launch.block, tuple(args))
     return out, outs
