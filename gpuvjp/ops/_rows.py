@@ -856,19 +856,19 @@ def onepass_source(kname, fplan, kind, kinds, variant, bx, threads):
         if kd[0] == "scalar":
             sig.append(f"const {t} a{i}")
         elif kd[0] == "row":
-            sig.append(f"const {t}* _p{i}, long long _s{i}")
+            sig.append(f"const {t}* __restrict__ _p{i}, long long _s{i}")
             per_row.append(f"  const {t} a{i} = _p{i}[_r * _s{i}];")
         elif kd[0] == "full":
-            sig.append(f"const {t}* _p{i}, long long _s{i}")
-            per_row.append(f"  const {t}* _q{i} = _p{i} + _r * _s{i};")
+            sig.append(f"const {t}* __restrict__ _p{i}, long long _s{i}")
+            per_row.append(f"  const {t}* __restrict__ _q{i} = _p{i} + _r * _s{i};")
             per_col.append(f"    const {t} a{i} = _q{i}[_j];")
         else:
-            sig.append(f"const {t}* _p{i}")
+            sig.append(f"const {t}* __restrict__ _p{i}")
             per_col.append(f"    const {t} a{i} = _p{i}[_j];")
         args.append(f"a{i}")
     for k, t in enumerate(outs):
-        sig.append(f"{t}* _o{k}")
-        per_row.append(f"  {t}* _w{k} = _o{k} + _r * _n;")
+        sig.append(f"{t}* __restrict__ _o{k}")       # fresh outputs: no operand aliases them
+        per_row.append(f"  {t}* __restrict__ _w{k} = _o{k} + _r * _n;")
     sig.append(f"{mt}* _out")
     if variant == "split":
         sig.append(f"{mt}* _part, unsigned int* _count")
