@@ -31,23 +31,17 @@ a Pending of depth DEPTH, which only `defer` makes, or after its own switch chec
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from . import _device, _lazy, _plan
 from . import profiler as _profiler
 
-__all__ = ["enabled", "RowReduce", "DEPTH", "defer", "run", "build", "evaluate"]
+__all__ = ["RowReduce", "DEPTH", "defer", "run", "build", "evaluate"]
 
 DEPTH = _lazy.MAX_DEPTH + 1
 FLOATS = ("float16", "float32", "float64")
 KINDS = ("sum", "mean")
-
-
-def enabled() -> bool:
-    """GPUVJP_ROW_KERNELS=1 (the row kernels' switch, read at each reduction)."""
-    return os.environ.get("GPUVJP_ROW_KERNELS") == "1"
 
 
 class RowReduce:
@@ -63,9 +57,6 @@ class RowReduce:
 
     def __repr__(self):
         return f"<deferred {self.name} over the last {self.k} dims>"
-
-    def impl(self, xp, v):
-        return self.op.impl(xp, v, **self.params)
 
 
 def defer(op, x, params, dev):
