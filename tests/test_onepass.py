@@ -387,27 +387,34 @@ def _host(cupy, a):
 @pytest.mark.gpu_hardware                  # the kernel against its twin
 @pytest.mark.parametrize("case", sorted(c for c in CUDA_CASES if CUDA_CASES[c][3]))
 def test_one_pass_kernel_on_cuda_matches_twin(case, switch, monkeypatch, rng):
-    import cupy
-
     f, shape, dtype, _ = CUDA_CASES[case]
     switch(True)
-    calls = []
-    real = _kernels._launch
-
-    def spy(kern, family, fn, *args, **kwargs):
-        if fn.startswith("onepass_"):
-            grid, block, kargs = args
-            host = tuple(_host(cupy, a) if isinstance(a, cupy.ndarray) else a for a in kargs)
-            out = real(kern, family, fn, *args, **kwargs)
-            calls.append((fn, grid, block, kargs, host))
-            return out
-        return real(kern, family, fn, *args, **kwargs)
-    monkeypatch.setattr(_kernels, "_launch", spy)
     x = gv.tensor(rng.uniform(-2, 2, shape).astype(dtype), device="cuda")
     out_shape = f(x).shape
     v = None if not out_shape else gv.tensor(rng.uniform(-1, 1, out_shape).astype(dtype),
                                              device="cuda")
-    gv.vjp(f, x, v)
+    _against_twins(monkeypatch, lambda: gv.vjp(f, x, v))
+
+
+def _against_twins(monkeypatch, run):
+    """Run `run` with every launch of a generated RawKernel of `_rows` (one pass, a reduction
+    alone, a plan's row broadcast) captured, then each launch's twin on the host copies of its
+    arguments: every device array the kernel wrote equals the twin's."""
+    import cupy
+
+    calls = []
+    real = _kernels._launch
+
+    def spy(kern, family, fn, *args, **kwargs):
+        if f"gv_{fn}" not in {k[0] for k in _rows._ONEPASS}:
+            return real(kern, family, fn, *args, **kwargs)
+        grid, block, kargs = args
+        host = tuple(_host(cupy, a) if isinstance(a, cupy.ndarray) else a for a in kargs)
+        out = real(kern, family, fn, *args, **kwargs)
+        calls.append((fn, grid, block, kargs, host))
+        return out
+    monkeypatch.setattr(_kernels, "_launch", spy)
+    run()
     assert calls
     for fn, grid, block, dev_args, host in calls:      # host: the arguments before the launch
         _kernels.TWINS[f"gv_{fn}"](grid, block, host)
@@ -415,6 +422,18 @@ def test_one_pass_kernel_on_cuda_matches_twin(case, switch, monkeypatch, rng):
             if isinstance(d, cupy.ndarray) and d.dtype != np.uint32:
                 np.testing.assert_allclose(d.get(), h, rtol=1e-5, atol=1e-6, equal_nan=True,
                                            err_msg=f"{fn} against its twin")
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_hardware                  # the kernels against their twins
+@pytest.mark.parametrize("case", ["logsumexp", "softmax"])
+def test_plan_rowcast_and_reduction_alone_on_cuda_match_twins(case, switch, monkeypatch, rng):
+    f = {"logsumexp": lambda t: gv.logsumexp(t, 1),
+         "softmax": lambda t: gv.nn.functional.softmax(t, dim=1)}[case]
+    switch(True)
+    x = gv.tensor(rng.uniform(-2, 2, (33, 1500)).astype(np.float32), device="cuda")
+    v = gv.tensor(rng.uniform(-1, 1, f(x).shape).astype(np.float32), device="cuda")
+    _against_twins(monkeypatch, lambda: gv.vjp(f, x, v))
 
 
 @pytest.mark.parametrize("name", ["sum", "mean"])
@@ -477,3 +496,77 @@ def test_the_profiler_reads_the_same_on_cuda_as_on_cpu_in_one_pass(case, switch,
         records[dev] = [(k.name, k.ops, k.elements, k.bytes_read, k.bytes_written)
                         for k in prof.kernels]
     assert len(records["cpu"]) == 1 and records["cuda"] == records["cpu"]
+
+
+# ----- fused plans with row operands as the row broadcast's 2-D launch --------------------------
+def _rowcast_plan(dtype, shape=(40, 300)):
+    """A backward-like plan: a row operand (g[:, None]), a row statistic (lse[:, None]), a full
+    operand, a column operand, a scalar, a bool, two outputs."""
+    rng = np.random.default_rng(4)
+    x = gv.tensor(rng.uniform(-1, 1, shape).astype(dtype))
+    g = gv.tensor(rng.uniform(-1, 1, shape[:-1] + (1,)).astype(dtype))
+    lse = gv.tensor(rng.uniform(-1, 1, shape[:-1] + (1,)).astype(dtype))
+    col = gv.tensor(rng.uniform(-1, 1, (1, shape[-1])).astype(dtype))
+    a = g * (x - lse).exp() + col * 0.5
+    b = gv.where(x > 0, a, x * g)
+    return _plan.build([a._data, b._data])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_plan_rowcast_kernel_compiles_with_nvrtc(dtype, nvrtc):
+    plan = _rowcast_plan(dtype)
+    q, kinds = _rows.plan_rowcast_kinds(plan)
+    assert q == 1 and {k[0] for k in kinds} == {"full", "row", "col", "scalar"}
+    kname = _plan.kernel_name(plan) + "_rowcast_x"
+    ok, log = _nvrtc_compile(nvrtc, _rows.plan_rowcast_source(kname, plan, kinds),
+                             f"{kname}.cu", _cupy_options(_rows.OPTIONS))
+    assert ok, f"NVRTC rejects {kname} ({dtype}):\n{log}"
+
+
+def test_plan_rowcast_declines_float16_and_plans_without_row_operands():
+    assert _rows.plan_rowcast_kinds(_rowcast_plan("float16")) is None
+    x = gv.tensor(np.ones((4, 5)))
+    assert _rows.plan_rowcast_kinds(_plan.build([(x.exp() * x)._data])) is None
+    t = gv.tensor(np.ones((5, 4))).T
+    assert _rows.plan_rowcast_kinds(_plan.build([(x * t + x[:, :1])._data])) is None
+
+
+ROWCAST_VJPS = {
+    "logsumexp": (lambda t: gv.logsumexp(t, 1), (40, 300)),
+    "softmax": (lambda t: gv.nn.functional.softmax(t, dim=1), (33, 1500)),
+    "log_softmax": (lambda t: gv.nn.functional.log_softmax(t, dim=-1), (5, 7)),
+    "trailing": (lambda t: gv.logsumexp(t, (1, 2)), (6, 5, 4)),
+}
+
+
+@pytest.fixture
+def rowcasts(monkeypatch):
+    """The names of the plans' row-broadcast kernels launched while it is active."""
+    seen = []
+    real = _rows.run_plan
+
+    def spy(fplan, name, dev):
+        outs = real(fplan, name, dev)
+        if outs is not None:
+            seen.append(name)
+        return outs
+    monkeypatch.setattr(_rows, "run_plan", spy)
+    return seen
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", sorted(ROWCAST_VJPS))
+def test_plans_with_row_operands_on_cuda_match_cpu(case, switch, rowcasts, rng):
+    """The backward of a row reduction read through its row operands: the 2-D launch runs, the
+    values are the CPU's, and the profiler's records too."""
+    f, shape = ROWCAST_VJPS[case]
+    switch(True)
+    x = rng.uniform(-2, 2, shape).astype(np.float32)
+    out_shape = f(gv.tensor(x)).shape
+    v = np.linspace(-1, 1, int(np.prod(out_shape))).reshape(out_shape).astype(np.float32)
+    cpu, cuda = _vjp(f, x, v), _vjp(f, x, v, "cuda")
+    assert rowcasts
+    rec = lambda p: [(k.name, k.ops, k.bytes_read, k.bytes_written) for k in p.kernels]  # noqa
+    assert rec(cuda[2]) == rec(cpu[2])
+    for got, want in zip(cuda[:2], cpu[:2]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,9 @@ and how the threads' states merge, so the geometry is checked on the CPU.
 
 It also runs the vjp in one pass (gpuvjp/_onepass.py decides when): a fused Plan whose first
 output is reduced per row (sum, mean) and whose other outputs are written, as one generated
-RawKernel (`onepass`), with its NumPy twin and its geometry taken from `plan`.
+RawKernel (`onepass`), with its NumPy twin and its geometry taken from `plan`; and any fused
+elementwise Plan with row operands (a row reduction's backward) as the row broadcast's 2-D
+launch (`run_plan`, called by `_kernels.run_plan`).
 
 What it may import: NumPy, `_kernels` (sources, twins, compile errors), `_registry` (the mean
 op), `_lazy` (the Pending type, for the mean of a pending DAG), `_plan` (a Plan's name and NumPy
@@ -849,26 +851,7 @@ def onepass_source(kname, fplan, kind, kinds, variant, bx, threads):
     (sum or mean) per row, in `variant` (warp, block, split) with B = bx threads a row."""
     fn_src, families, fz = _kernels.plan_source(fplan, _plan_name(fplan))
     mt = _kernels._ctype(fplan.nodes[fplan.outputs[0]][2])
-    outs = [_kernels._ctype(fplan.nodes[o][2]) for o in fplan.outputs[1:]]
-    sig, per_row, per_col, args = [], [], [], []
-    for i, (d, kd) in enumerate(zip(fplan.leaf_dtypes, kinds)):
-        t = _kernels._ctype(d)
-        if kd[0] == "scalar":
-            sig.append(f"const {t} a{i}")
-        elif kd[0] == "row":
-            sig.append(f"const {t}* __restrict__ _p{i}, long long _s{i}")
-            per_row.append(f"  const {t} a{i} = _p{i}[_r * _s{i}];")
-        elif kd[0] == "full":
-            sig.append(f"const {t}* __restrict__ _p{i}, long long _s{i}")
-            per_row.append(f"  const {t}* __restrict__ _q{i} = _p{i} + _r * _s{i};")
-            per_col.append(f"    const {t} a{i} = _q{i}[_j];")
-        else:
-            sig.append(f"const {t}* __restrict__ _p{i}")
-            per_col.append(f"    const {t} a{i} = _p{i}[_j];")
-        args.append(f"a{i}")
-    for k, t in enumerate(outs):
-        sig.append(f"{t}* __restrict__ _o{k}")       # fresh outputs: no operand aliases them
-        per_row.append(f"  {t}* __restrict__ _w{k} = _o{k} + _r * _n;")
+    sig, per_row, per_col, args, outs = _operands(fplan, kinds, fplan.outputs[1:], "  ")
     sig.append(f"{mt}* _out")
     if variant == "split":
         sig.append(f"{mt}* _part, unsigned int* _count")
@@ -932,6 +915,34 @@ def onepass_source(kname, fplan, kind, kinds, variant, bx, threads):
         text += "\n" + _kernels._read(f"{f}.cuh")
     text += "\n" + _kernels._read("rows.cuh") + "\n" + fn_src
     return text + f'\n#line 1 "{kname} (generated wrapper)"\n' + "\n".join(body) + "\n"
+
+
+def _operands(fplan, kinds, written, indent):
+    """(signature, per-row lines, per-element lines, the plan function's arguments, C types of
+    the outputs written) of a RawKernel over `fplan`'s leaves read as `kinds` say, writing the
+    plan outputs `written` (node indices) at _r * _n + _j."""
+    sig, per_row, per_col, args = [], [], [], []
+    inner = indent + "  "
+    for i, (d, kd) in enumerate(zip(fplan.leaf_dtypes, kinds)):
+        t = _kernels._ctype(d)
+        if kd[0] == "scalar":
+            sig.append(f"const {t} a{i}")
+        elif kd[0] == "row":
+            sig.append(f"const {t}* __restrict__ _p{i}, long long _s{i}")
+            per_row.append(f"{indent}const {t} a{i} = _p{i}[_r * _s{i}];")
+        elif kd[0] == "full":
+            sig.append(f"const {t}* __restrict__ _p{i}, long long _s{i}")
+            per_row.append(f"{indent}const {t}* __restrict__ _q{i} = _p{i} + _r * _s{i};")
+            per_col.append(f"{inner}const {t} a{i} = _q{i}[_j];")
+        else:
+            sig.append(f"const {t}* __restrict__ _p{i}")
+            per_col.append(f"{inner}const {t} a{i} = _p{i}[_j];")
+        args.append(f"a{i}")
+    outs = [_kernels._ctype(fplan.nodes[o][2]) for o in written]
+    for k, t in enumerate(outs):
+        sig.append(f"{t}* __restrict__ _o{k}")       # fresh outputs: no operand aliases them
+        per_row.append(f"{indent}{t}* __restrict__ _w{k} = _o{k} + _r * _n;")
+    return sig, per_row, per_col, args, outs
 
 
 def _plan_name(fplan):
@@ -1093,4 +1104,134 @@ def onepass_twin(skel, kind, kinds, variant, bx, threads):
             st = tuple(s[..., 0] for s in _warp_merge(op, lanes))
         _write(op, st, [out, None], done, n)
     twin.__name__ = f"gv_onepass_{variant}_twin"
+    return twin
+
+
+# ----- fused plans with row operands: the row broadcast of a whole plan -------------------------
+# An elementwise plan (gpuvjp/_plan.py) whose leaves include row operands (a row reduction's
+# cotangent or output, g[:, None] and lse[:, None] of a backward) runs as one RawKernel with the
+# row broadcast's 2-D launch (`rowcast_geometry`): each row's operands read once into registers,
+# full operands at r * ld + j, no index division per element. The plan's output records and
+# values are those of its ElementwiseKernel; float16, and leaves with no such reading, decline.
+def plan_rowcast_kinds(fplan):
+    """(q, kinds) of `fplan`'s leaves split at dim q (rows = prod(shape[:q])), at least one a
+    row operand and one a full or column operand; None where no split reads them so."""
+    shape = tuple(fplan.shape)
+    if len(shape) < 2 or not math.prod(shape) or not _no_half(fplan):
+        return None
+    arrays = [None if s else a for a, s in zip(fplan.leaves, fplan.leaf_scalar)]
+    for q in range(len(shape) - 1, 0, -1):
+        kinds = [("scalar",) if a is None else _classify(a, shape, q) for a in arrays]
+        if all(k is not None for k in kinds) and any(k[0] == "row" for k in kinds) and \
+                any(k[0] in ("full", "col") for k in kinds):
+            if any(a is not None and _ptr(a) % a.itemsize for a in arrays):
+                return None
+            return q, kinds
+    return None
+
+
+def _no_half(fplan):
+    dts = [np.dtype(d) for d in fplan.leaf_dtypes] + \
+        [np.dtype(n[c]) for n in fplan.nodes for c in (2, 3)]
+    return all(d.name != "float16" and d.name in _kernels.CTYPE for d in dts)
+
+
+def plan_rowcast_source(kname, fplan, kinds):
+    """The RawKernel `kname` writing every output of `fplan` with the row broadcast's launch."""
+    fn_src, families, fz = _kernels.plan_source(fplan, _plan_name(fplan))
+    sig, per_row, per_col, args, outs = _operands(fplan, kinds, fplan.outputs, "    ")
+    sig.append("long long _rows, long long _n")
+    vs = [f"_v{k}" for k in range(len(outs))]
+    call = f"_v0 = gv::{fz}({', '.join(args)});" if len(outs) == 1 else \
+        f"gv::{fz}({', '.join(args + vs)});"
+    body = [f'extern "C" __global__ void __launch_bounds__({ROWCAST_BLOCK}) {kname}('
+            + ", ".join(sig) + ") {",
+            "  for (long long _r = (long long)blockIdx.y * blockDim.y + threadIdx.y; _r < _rows;",
+            "       _r += (long long)gridDim.y * blockDim.y) {",
+            *per_row,
+            f"#pragma unroll {ROWCAST_PER_THREAD}",
+            "    for (long long _j = (long long)blockIdx.x * blockDim.x + threadIdx.x; _j < _n;",
+            "         _j += (long long)gridDim.x * blockDim.x) {",
+            *per_col,
+            *[f"      {t} _v{k};" for k, t in enumerate(outs)],
+            f"      {call}",
+            *[f"      _w{k}[_j] = _v{k};" for k in range(len(outs))],
+            "    }", "  }", "}"]
+    text = _kernels._read("common.cuh") + "\n" + _kernels._read("fuse.cuh")
+    for f in families:
+        text += "\n" + _kernels._read(f"{f}.cuh")
+    text += "\n" + fn_src
+    return text + f'\n#line 1 "{kname} (generated wrapper)"\n' + "\n".join(body) + "\n"
+
+
+def run_plan(fplan, name, dev):
+    """The outputs of the elementwise plan `fplan` on cuda device `dev` (a list of CuPy arrays)
+    as one 2-D RawKernel launch, or None where it has no row operands or the switch is off."""
+    if not enabled():
+        return None
+    cupy = _device.cupy_library()
+    if any(not s and type(a) is not cupy.ndarray for a, s in zip(fplan.leaves, fplan.leaf_scalar)):
+        return None
+    found = plan_rowcast_kinds(fplan)
+    if found is None:
+        return None
+    q, kinds = found
+    kname = f"{name}_rowcast_" + "".join(k[0][0] for k in kinds)
+    key = (kname, fplan.key)
+    with cupy.cuda.Device(dev.index):
+        kern = _ONEPASS.get(key)
+        if kern is None:
+            _kernels.register_twin(kname, plan_rowcast_twin(_kernels._skeleton(fplan), kinds))
+            kern = _ONEPASS[key] = _raw_kernel(kname, plan_rowcast_source(kname, fplan, kinds))
+        rows, n = math.prod(fplan.shape[:q]), math.prod(fplan.shape[q:])
+        args = []
+        for a, d, kd in zip(fplan.leaves, fplan.leaf_dtypes, kinds):
+            if kd[0] == "scalar":
+                args.append(np.dtype(d).type(a))
+            else:
+                args.append(a)
+                if kd[0] in ("row", "full"):
+                    args.append(np.int64(kd[1]))
+        outs = [cupy.empty(fplan.shape, fplan.nodes[o][2]) for o in fplan.outputs]
+        args += outs + [np.int64(rows), np.int64(n)]
+        grid, block = rowcast_geometry(rows, n)
+        _kernels._launch(kern, "fuse", kname[3:], grid, block, tuple(args))
+    return outs
+
+
+def _read_leaves(skel, kinds, it, rows, n):
+    """The leaves as a RawKernel over (rows, n) reads them from its arguments `it`."""
+    leaves = []
+    for kd, d in zip(kinds, skel.leaf_dtypes):
+        a = next(it)
+        if kd[0] == "scalar":
+            leaves.append(np.dtype(d).type(a))
+            continue
+        s = int(next(it)) if kd[0] in ("row", "full") else None
+        if kd[0] == "row":
+            leaves.append(np.lib.stride_tricks.as_strided(a, (rows, 1), (s * a.itemsize, 0)))
+        elif kd[0] == "full":
+            leaves.append(_rows_view(a, rows, n, s if rows > 1 else n))
+        else:
+            leaves.append(np.lib.stride_tricks.as_strided(a, (1, n), (0, a.itemsize)))
+    return leaves
+
+
+def plan_rowcast_twin(skel, kinds):
+    """The NumPy twin of a plan's row-broadcast RawKernel: its launch checked, the leaves read
+    as the kernel reads them, the plan evaluated by NumPy, every output written."""
+    from .._plan import _evaluate
+
+    def twin(grid, block, args, shared_mem=0):
+        _check_launch(grid, block, ROWCAST_BLOCK)
+        rows, n = int(args[-2]), int(args[-1])
+        it = iter(args[:-2])
+        leaves = _read_leaves(skel, kinds, it, rows, n)
+        outs = list(it)
+        assert len(outs) == len(skel.outputs), "the kernel's arguments do not match its plan"
+        with np.errstate(all="ignore"):
+            vals = _evaluate(skel, leaves, (rows, n))
+        for o, v in zip(outs, vals):
+            o.reshape(rows, n)[...] = np.broadcast_to(v, (rows, n))
+    twin.__name__ = "gv_plan_rowcast_twin"
     return twin
