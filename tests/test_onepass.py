@@ -2,9 +2,11 @@
 dims and the backward that does not read it run as ONE kernel. On the CPU: launch counts and
 bytes through gv.profiler, values equal bit for bit to the two-kernel path, the fallbacks (a
 backward that reads the reduction, a read of the output, the map itself asked for, other dims).
-The generated RawKernel: its exact source compiles with NVRTC for every variant and leaf kind;
-(gpu) the emulated CuPy runs its host side and twin against the CPU, and on a GPU the kernel
-runs against its twin."""
+The generated RawKernels of ops/_rows.py (the one pass, a reduction alone with its pending map,
+a fused plan with row operands as a 2-D launch): their exact sources compile with NVRTC for
+every variant and leaf kind, the plan's math built by the host compiler matches the CPU one pass
+in several merge orders; (gpu) the emulated CuPy runs their host side and twins against the
+CPU, with the same profiler records, and on a GPU each kernel runs against its twin."""
 
 from __future__ import annotations
 
