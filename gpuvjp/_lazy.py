@@ -12,6 +12,12 @@ plan can express as a Pending instead of running it, on both devices. A DAG is m
 - the size cap: a node whose DAG would be deeper than MAX_DEPTH materialises its pending
   inputs first, so one kernel never grows past MAX_DEPTH levels (compile time, registers).
 
+With GPUVJP_ROW_KERNELS=1 a sum or mean over trailing dims of a DAG is deferred instead
+(`_onepass.py`): a Pending of depth MAX_DEPTH + 1 that the final `force` of a vjp runs in one
+kernel with the backward of its map's shape. Any other use computes it alone, as without the
+switch; the hooks here are one depth comparison per Pending (`force_pending`, `reduce`) and the
+cap's branch of `record`.
+
 A value the forward computed but never wrote (a Pending consumed by a reduction, or still
 pending) is recomputed inside the backward's kernel from the DAG's leaves: the backward rules
 record Pendings that read the forward's Pendings. A forward value is in memory only when
@@ -35,12 +41,19 @@ import numpy as np
 
 from . import _device
 
-__all__ = ["Pending", "ENABLED", "MAX_DEPTH", "record", "force", "reduce"]
+__all__ = ["Pending", "ENABLED", "MAX_DEPTH", "record", "force", "reduce", "reduce_now"]
 
 ENABLED = os.environ.get("GPUVJP_FUSION", "1").strip().lower() not in ("0", "false", "off", "no")
 
 # Deepest DAG one kernel computes. W2's fused backward (16 ops and their rules) is ~40 deep.
 MAX_DEPTH = 64
+
+# GPUVJP_ROW_KERNELS=1 (the one-pass switch), read at each reduction from the mapping behind
+# os.environ (which os.environ's writes keep current) at the cost of one dict lookup
+_ENV, _ROWS_KEY, _ROWS_ON = os.environ, "GPUVJP_ROW_KERNELS", "1"
+if hasattr(os.environ, "_data") and hasattr(os.environ, "encodekey"):
+    _ENV = os.environ._data
+    _ROWS_KEY, _ROWS_ON = os.environ.encodekey(_ROWS_KEY), os.environ.encodevalue(_ROWS_ON)
 
 _LOCK = threading.RLock()
 _INFO: dict = {}          # (op, argument types) -> (out dtype, computation dtype)
@@ -105,10 +118,22 @@ def record(op, arrays, dev):
     if info is None:
         info = _probe(op, arrays, tuple(sig))
     if depth >= MAX_DEPTH:
-        force_pending([a for a in arrays if type(a) is Pending])
-        arrays = [a.value if type(a) is Pending else a for a in arrays]
-        depth = 0
+        arrays, depth = _cap(arrays, depth)
     return Pending(op, arrays, shape, info[0], info[1], dev, depth + 1)
+
+
+def _cap(arrays, depth):
+    """(arrays, depth) for a node at the size cap: its pending inputs computed. A deferred
+    reduction (`_onepass`, depth past MAX_DEPTH) is computed alone first; the other inputs
+    then stay pending unless they are at the cap themselves."""
+    if depth > MAX_DEPTH:
+        force_pending([a for a in arrays if type(a) is Pending and a.depth > MAX_DEPTH])
+        arrays = [a.value if type(a) is Pending and a.value is not None else a for a in arrays]
+        depth = max([a.depth for a in arrays if type(a) is Pending] or [0])
+        if depth < MAX_DEPTH:
+            return arrays, depth
+    force_pending([a for a in arrays if type(a) is Pending])
+    return [a.value if type(a) is Pending else a for a in arrays], 0
 
 
 def _probe(op, arrays, sig):
@@ -152,10 +177,17 @@ def force_pending(pendings):
     """Compute the Pendings not yet computed, those of one shape and device in one kernel."""
     with _LOCK:
         groups, seen = {}, set()
+        deferred = None
         for p in pendings:
             if p.value is None and id(p) not in seen:
                 seen.add(id(p))
+                if p.depth > MAX_DEPTH:        # a deferred reduction (_onepass)
+                    deferred = (deferred or []) + [p]
+                    continue
                 groups.setdefault((p.shape, p.dev), []).append(p)
+        if deferred:
+            from . import _onepass
+            _onepass.run(deferred, groups)
         for group in groups.values():
             if _small_on_cpu(group[0]):
                 outs = _direct(group)
@@ -222,7 +254,20 @@ def _run(plan, dev):
 
 def reduce(op, x, params, dev):
     """`op` (a reduction declaring `takes_pending`: sum) of the pending DAG `x` in one kernel:
-    the DAG is its map expression and is never written."""
+    the DAG is its map expression and is never written. With GPUVJP_ROW_KERNELS=1 a sum or
+    mean over trailing dims is deferred instead (`_onepass`: a vjp's backward may join it)."""
+    if x.depth > MAX_DEPTH:          # a deferred reduction: the caller materialises it
+        return None
+    if _ENV.get(_ROWS_KEY) == _ROWS_ON:      # GPUVJP_ROW_KERNELS=1, read at each call
+        from . import _onepass
+        d = _onepass.defer(op, x, params, dev)
+        if d is not None:
+            return d
+    return reduce_now(op, x, params, dev)
+
+
+def reduce_now(op, x, params, dev):
+    """`reduce` without deferral: the reduction's kernel runs now (None: `x` is computed)."""
     if _small_on_cpu(x):
         with _LOCK:
             if x.value is not None:

@@ -12,7 +12,8 @@ Kernels: the fused elementwise kernels of the registry; the declared reductions 
 ReductionKernel with and without CUB, `cupy._core.set_reduction_accelerators`); the row
 reductions of kernels/rows.cuh (GPUVJP_ROW_KERNELS=1) against CuPy's reductions with and without
 CUB; the row broadcast against CuPy's ElementwiseKernel with a broadcast operand; sum(exp(x)) in
-one ReductionKernel pass. On the CPU the same rows run the NumPy twins and the row kernels' twins
+one ReductionKernel pass; the vjp in one pass (W1, W2, mean with the switch off and on, bytes the
+one-pass floor). On the CPU the same rows run the NumPy twins and the row kernels' twins
 (the emulated per-thread decomposition), which says what the plans cost there, not how a GPU runs.
 
     python3 scripts/bench_kernels.py [--device cpu|cuda|all] [--out FILE.md] [--budget SECONDS]
@@ -368,6 +369,13 @@ def map_sum(b, rng):
                       f"ReductionKernel, {'CUB' if acc else 'no CUB'}",
                       lambda: _kernels.map_sum(op, x, 1, False), nbytes, ref,
                       lambda: _close(_kernels.map_sum(op, x, 1, False), comp()))
+        t = gv.tensor(x.get(), device="cuda")
+        for on in (False, True):       # through gpuvjp: the fused ReductionKernel, the row kernel
+            with _row_switch(on):
+                b.add("map reduction", "gv.exp(t).sum(dim=1)", str(shape), "float32",
+                      "row kernel of the pending map (GPUVJP_ROW_KERNELS=1)" if on else
+                      "fused plan's ReductionKernel", lambda: gv.exp(t).sum(dim=1)._array(),
+                      nbytes, ref, lambda: _close(gv.exp(t).sum(dim=1)._array(), comp()))
 
 
 VJPS = {
@@ -397,7 +405,53 @@ def vjps(b, rng):
                   lambda call=call, want=want: _close(call()[1].numpy(), want))
 
 
-CASES = [row_reductions, row_broadcast, vjps, map_sum, declared_reductions, elementwise]
+def _chain16(t):
+    """W2 of scripts/bench_vjp.py: 16 elementwise ops (tanh, sin, scale, shift, exp, square)."""
+    steps = (lambda u: u.tanh(), lambda u: u.sin(), lambda u: u * 0.75, lambda u: u + 0.25,
+             lambda u: (u * 0.1).exp(), lambda u: u.square())
+    n = 0
+    while n < 16:
+        t = steps[n % len(steps)](t)
+        n += 2 if n % len(steps) == 4 else 1
+    return t
+
+
+ONEPASS = {   # name: (f, cuda shape, cpu shape)
+    "W1 exp_reducer": (lambda t: gv.exp(t).sum(dim=1), (16384, 16384), (2048, 2048)),
+    "W2 chain16": (lambda t: _chain16(t).sum(), (1 << 24,), (1 << 20,)),
+    "mean": (lambda t: gv.exp(t).mean(dim=1), (4096, 4096), (1024, 1024)),
+}
+
+
+def onepass(b, rng):
+    """The vjp in one pass (gpuvjp/_onepass.py): the whole vjp with GPUVJP_ROW_KERNELS off (the
+    reduction, then the backward) and on (one kernel reads x once, writes out and gx). Bytes: the
+    one-pass floor, x and v read once, out and gx written once; `kernel` names the launches the
+    profiler records with the switch on."""
+    for name, (f, cuda_shape, cpu_shape) in ONEPASS.items():
+        shape = cuda_shape if b.device == "cuda" else cpu_shape
+        x = gv.tensor(rng.uniform(-1, 1, shape).astype(np.float32), device=b.device)
+        out_shape = f(x).shape
+        v = None if not out_shape else \
+            gv.tensor(rng.uniform(-1, 1, out_shape).astype(np.float32), device=b.device)
+        nbytes = 2 * x.numel() * 4 + 2 * max(1, int(np.prod(out_shape))) * 4
+        call = lambda f=f, x=x, v=v: gv.vjp(f, x, v)      # noqa: E731
+        with _row_switch(False):
+            ref = b.add("one-pass vjp", name, str(shape), "float32", "switch off",
+                        call, nbytes)
+            want = [t.numpy() for t in call()]
+        with _row_switch(True):
+            with gv.profiler.profile() as prof:
+                call()
+            launches = "+".join(k.name.split("_")[1] for k in prof.kernels)
+            b.add("one-pass vjp", name, str(shape), "float32",
+                  f"GPUVJP_ROW_KERNELS=1 ({prof.launches} kernel: {launches})", call, nbytes,
+                  ref, lambda call=call, want=want: all(
+                      _close(g.numpy(), w) for g, w in zip(call(), want)))
+
+
+CASES = [onepass, row_reductions, row_broadcast, vjps, map_sum, declared_reductions,
+         elementwise]
 
 
 # ----- output -------------------------------------------------------------------------------------

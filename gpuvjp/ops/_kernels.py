@@ -449,6 +449,11 @@ def _call_logged(kern, name, *args, **kwargs):
 
 def run_plan(plan, name, dev):
     """The plan's outputs on `dev` (a list of CuPy arrays), one launch."""
+    if os.environ.get("GPUVJP_ROW_KERNELS") == "1":      # row operands: gpuvjp/ops/_rows.py
+        from . import _rows
+        outs = _rows.run_plan(plan, name, dev)
+        if outs is not None:
+            return outs
     cupy = _device.cupy_library()
     with cupy.cuda.Device(dev.index):
         out = _call_logged(plan_kernel(plan, name), name, *_kernel_args(plan))

@@ -11,15 +11,25 @@ dividing an index per element. Each RawKernel's NumPy twin (registered in `_kern
 emulates its block and grid decomposition: which elements each thread merges, in which order,
 and how the threads' states merge, so the geometry is checked on the CPU.
 
+It also runs the vjp in one pass (gpuvjp/_onepass.py decides when): a fused Plan whose first
+output is reduced per row (sum, mean) and whose other outputs are written, as one generated
+RawKernel (`onepass`), with its NumPy twin and its geometry taken from `plan`; and any fused
+elementwise Plan with row operands (a row reduction's backward) as the row broadcast's 2-D
+launch (`run_plan`, called by `_kernels.run_plan`).
+
 What it may import: NumPy, `_kernels` (sources, twins, compile errors), `_registry` (the mean
-op); CuPy only through the array module it is handed. It never touches the graph, the Pending
-DAGs (a reduction of a pending elementwise DAG keeps its ReductionKernel path), or CPU paths:
-every entry point returns None where it does not apply, and the caller runs its usual code.
+op), `_lazy` (the Pending type, for the mean of a pending DAG), `_plan` (a Plan's name and NumPy
+evaluation, for the one-pass kernel and its twin); CuPy only through the array module it is
+handed or `_device`. It never touches the graph or builds Pending DAGs (a plain reduction of a
+pending DAG keeps its ReductionKernel path; `_onepass` hands it a built Plan), and its only CPU
+path is the mean op of a pending DAG (deferred by `_lazy.reduce`): every entry point returns
+None where it does not apply, and the caller runs its usual code.
 
 TODO(#10): the geometry constants below are first guesses, to be set (and the switch turned on
 per kernel) from scripts/bench_kernels.py on a GPU. TODO(#10): elementwise plans are lazy now
 (_lazy.py), so a row reduction of a pending DAG can take the DAG as its per-element map
-(RowOp.one of the map) instead of leaving it to the ReductionKernel path.
+(RowOp.one of the map) instead of leaving it to the ReductionKernel path; the one-pass kernel
+below does so for sum and mean when a vjp's backward joins it.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import os
 import numpy as np
 
 from .. import _device
+from .._lazy import Pending
 from . import _kernels
 
 __all__ = ["enabled", "reduce", "switched", "mean", "rowcast", "Launch", "plan", "layout",
@@ -532,24 +543,53 @@ def _mean_op():
     from .reduce import keep
 
     def impl(xp, x, dim, keepdim):
-        return reduce("mean", xp, x, dim, keepdim)
+        out = reduce("mean", xp, x, dim, keepdim)
+        if out is None:        # NumPy (a deferred mean on the CPU): sum / n, as without the switch
+            from .reduce import _sum_impl
+            out = _sum_impl(xp, x, dim, keepdim) / math.prod(x.shape[d] for d in dim)
+        return out
 
     def mean_vjp(g, ans, x, dim, keepdim):
-        return keep(g, dim, keepdim, x.shape) / math.prod(x.shape[d] for d in dim)
+        gx = keep(g, dim, keepdim, x.shape) / math.prod(x.shape[d] for d in dim)
+        if type(gx._data) is Pending and not gx._nb and gx.shape != x.shape:
+            # the graph's expand of a pending cotangent needs memory (a kernel of its own); a
+            # product with a stride-0 view of 1 broadcasts it inside the backward's plan instead
+            # (g * 1 is g, -0 and inf included), so the one-pass plan holds it
+            gx = gx * _ones(gx, x.shape)
+        return gx
 
     op = Op("mean", impl, promote=KEEP, saves_ans=False, saves_inputs=False)
+    op.takes_pending = True          # a pending DAG is deferred as its map (gpuvjp/_onepass.py)
     defvjp(op, mean_vjp)
     deflinear(op)
     return op
 
 
+def _ones(like, shape):
+    """A Tensor of ones of `shape` like `like` (dtype, device) that holds one element: a
+    stride-0 view, read once per row by the one-pass kernel."""
+    from .._tensor import Tensor
+    xp = _device.array_module(like._dev)
+    one = xp.broadcast_to(xp.ones((), like._dtype.np), shape)
+    return Tensor._make(one, like._dev, like._dtype, None)
+
+
 def mean(input, dims, keepdim):
     """mean(input, dims) as one row-kernel launch (the sum and the division by n), or None where
-    the row kernels do not apply; the backward is g / n broadcast, as for sum(x) / n."""
-    if not enabled() or input._nb or input._dev.type != "cuda" or not dims or \
-            not math.prod(input.shape[d] for d in dims):
+    the row kernels do not apply; the backward is g / n broadcast, as for sum(x) / n. A mean of
+    a pending float DAG over trailing dims, on either device, is the mean op too: `_lazy.reduce`
+    defers it, so a vjp's backward may run in its pass (gpuvjp/_onepass.py)."""
+    if not enabled() or input._nb or not dims or not math.prod(input.shape[d] for d in dims):
         return None
     data = input._data
+    if type(data) is Pending:
+        k = len(dims)
+        if data.value is not None or data.dtype.name not in FLOATS or \
+                set(dims) != set(range(input.ndim - k, input.ndim)):
+            return None
+        return _mean_op()(input, dim=tuple(dims), keepdim=keepdim)
+    if input._dev.type != "cuda":
+        return None
     xp = type(data).__module__.split(".")[0]
     if xp == "numpy" or type(data).__name__ != "ndarray" or data.dtype.name not in FLOATS:
         return None
@@ -760,3 +800,438 @@ def _rowcast_kernel(name, family, fn, in_params, out_params, kinds, key):
         _kernels.register_twin(name, _rowcast_twin(fn, kinds))
     return _raw_kernel(name, rowcast_source(name, family, fn, in_params, out_params, kinds,
                                             dtypes))
+
+
+# ----- the vjp in one pass: a row reduction and an elementwise plan as one RawKernel -----------
+# A one-pass plan (gpuvjp/_onepass.py) computes the map of a sum or mean over the trailing dims
+# together with elementwise results of the map's shape. Each worker walks its row's elements j =
+# w, w + P, ...: the plan's let-bound temporaries once, the elementwise outputs written, the map
+# value merged into the worker's state in that order; then warp_merge / block_merge as the row
+# reductions. Geometry is `plan`'s: a warp per row (short rows), a block per row, or gridDim.x
+# blocks per row whose partial states the last block to finish merges (an atomic count per row,
+# reset by that block), so the split variant is one launch too. Row operands (the cotangent
+# v[:, None]) are read once per row, full ones at r * ld + j, column ones at j; any other leaf,
+# and float16 anywhere in the plan, declines (the two-kernel path runs).
+ONEPASS_OPS = {"sum": "RowSum", "mean": "RowMean"}
+ONEPASS_UNROLL = 4
+
+
+def onepass_kinds(fplan, k):
+    """How the kernel reads each leaf of `fplan` whose last `k` dims are reduced: ("full", ld),
+    ("row", stride), ("col",) or ("scalar",); None when one cannot be read so."""
+    q = len(fplan.shape) - k
+    kinds = []
+    for a, s in zip(fplan.leaves, fplan.leaf_scalar):
+        if s:
+            kinds.append(("scalar",))
+            continue
+        kd = _classify_onepass(a, fplan.shape, q)
+        if kd is None or _ptr(a) % a.itemsize:
+            return None
+        kinds.append(kd)
+    return kinds
+
+
+def _classify_onepass(a, shape, q):
+    if q == 0:          # one row: the whole array
+        kd = _classify(a, (1,) + tuple(shape), 1)
+        return None if kd is None else (kd[0], 0) if kd[0] in ("row", "full") else kd
+    return _classify(a, tuple(shape), q)
+
+
+def _onepass_supported(fplan):
+    dts = [np.dtype(d) for d in fplan.leaf_dtypes] + [np.dtype(n[2]) for n in fplan.nodes] + \
+        [np.dtype(n[3]) for n in fplan.nodes]
+    return np.dtype(fplan.nodes[fplan.outputs[0]][2]).name in ("float32", "float64") and \
+        all(d.name != "float16" and d.name in _kernels.CTYPE for d in dts)
+
+
+def onepass_source(kname, fplan, kind, kinds, variant, bx, threads):
+    """The RawKernel `kname`: `fplan`'s outputs 1.. written and output 0 reduced by `kind`
+    (sum or mean) per row, in `variant` (warp, block, split) with B = bx threads a row."""
+    fn_src, families, fz = _kernels.plan_source(fplan, _plan_name(fplan))
+    mt = _kernels._ctype(fplan.nodes[fplan.outputs[0]][2])
+    sig, per_row, per_col, args, outs = _operands(fplan, kinds, fplan.outputs[1:], "  ")
+    sig.append(f"{mt}* _out")
+    if variant == "split":
+        sig.append(f"{mt}* _part, unsigned int* _count")
+    sig.append("long long _rows, long long _n")
+    prologue = {
+        "warp": ["  const long long _r = (long long)blockIdx.x * blockDim.y + threadIdx.y;",
+                 "  const long long _w = threadIdx.x, _P = 32;"],
+        "block": ["  const long long _r = blockIdx.x;",
+                  f"  const long long _w = threadIdx.x, _P = {bx};"],
+        "split": ["  const long long _r = blockIdx.y;",
+                  f"  const long long _w = (long long)blockIdx.x * {bx} + threadIdx.x;",
+                  f"  const long long _P = (long long)gridDim.x * {bx};"]}[variant]
+    epilogue = {
+        "warp": ["  _s = gv::warp_merge<Op>(_s);",
+                 "  if (threadIdx.x == 0) gv::put(_out + _r, Op::value(_s, _n, 0));"],
+        "block": [f"  _s = gv::block_merge<Op, {bx}>(_s);",
+                  "  if (threadIdx.x == 0) gv::put(_out + _r, Op::value(_s, _n, 0));"],
+        "split": [f"  _s = gv::block_merge<Op, {bx}>(_s);",
+                  "  __shared__ unsigned int _last;",
+                  "  if (threadIdx.x == 0) {",
+                  "    Op::store(_s, _part + (_r * gridDim.x + blockIdx.x) * Op::K);",
+                  "    __threadfence();",
+                  "    _last = atomicAdd(_count + _r, 1u) == gridDim.x - 1;",
+                  "  }",
+                  "  __syncthreads();",
+                  "  if (_last && threadIdx.x < 32) {       // the row's last block merges it",
+                  "    __threadfence();",
+                  "    typename Op::St _t = Op::empty();",
+                  "    for (long long _k = threadIdx.x; _k < gridDim.x; _k += 32)",
+                  "      _t = Op::merge(_t, Op::load(_part + (_r * gridDim.x + _k) * Op::K));",
+                  "    _t = gv::warp_merge<Op>(_t);",
+                  "    if (threadIdx.x == 0) {",
+                  "      gv::put(_out + _r, Op::value(_t, _n, 0));",
+                  "      _count[_r] = 0;",
+                  "    }",
+                  "  }"]}[variant]
+    if outs:
+        call = f"gv::{fz}({', '.join(args + ['_m'] + [f'_v{k}' for k in range(len(outs))])});"
+    else:                      # the reduction alone: the plan's function returns the map value
+        call = f"_m = gv::{fz}({', '.join(args)});"
+    body = [f'extern "C" __global__ void __launch_bounds__({threads}) {kname}('
+            + ", ".join(sig) + ") {",
+            f"  typedef gv::{ONEPASS_OPS[kind]}<{mt}> Op;",
+            *prologue,
+            "  if (_r >= _rows) return;                // the whole warp or block leaves",
+            *per_row,
+            "  typename Op::St _s = Op::empty();",
+            f"#pragma unroll {ONEPASS_UNROLL}",
+            "  for (long long _j = _w; _j < _n; _j += _P) {",
+            *per_col,
+            f"    {mt} _m;",
+            *[f"    {t} _v{k};" for k, t in enumerate(outs)],
+            f"    {call}",
+            *[f"    _w{k}[_j] = _v{k};" for k in range(len(outs))],
+            "    _s = Op::merge(_s, Op::one(_m));",
+            "  }",
+            *epilogue,
+            "}"]
+    text = _kernels._read("common.cuh") + "\n" + _kernels._read("fuse.cuh")
+    for f in sorted(set(families) | {"reduce"}):
+        text += "\n" + _kernels._read(f"{f}.cuh")
+    text += "\n" + _kernels._read("rows.cuh") + "\n" + fn_src
+    return text + f'\n#line 1 "{kname} (generated wrapper)"\n' + "\n".join(body) + "\n"
+
+
+def _operands(fplan, kinds, written, indent):
+    """(signature, per-row lines, per-element lines, the plan function's arguments, C types of
+    the outputs written) of a RawKernel over `fplan`'s leaves read as `kinds` say, writing the
+    plan outputs `written` (node indices) at _r * _n + _j."""
+    sig, per_row, per_col, args = [], [], [], []
+    inner = indent + "  "
+    for i, (d, kd) in enumerate(zip(fplan.leaf_dtypes, kinds)):
+        t = _kernels._ctype(d)
+        if kd[0] == "scalar":
+            sig.append(f"const {t} a{i}")
+        elif kd[0] == "row":
+            sig.append(f"const {t}* __restrict__ _p{i}, long long _s{i}")
+            per_row.append(f"{indent}const {t} a{i} = _p{i}[_r * _s{i}];")
+        elif kd[0] == "full":
+            sig.append(f"const {t}* __restrict__ _p{i}, long long _s{i}")
+            per_row.append(f"{indent}const {t}* __restrict__ _q{i} = _p{i} + _r * _s{i};")
+            per_col.append(f"{inner}const {t} a{i} = _q{i}[_j];")
+        else:
+            sig.append(f"const {t}* __restrict__ _p{i}")
+            per_col.append(f"{inner}const {t} a{i} = _p{i}[_j];")
+        args.append(f"a{i}")
+    outs = [_kernels._ctype(fplan.nodes[o][2]) for o in written]
+    for k, t in enumerate(outs):
+        sig.append(f"{t}* __restrict__ _o{k}")       # fresh outputs: no operand aliases them
+        per_row.append(f"{indent}{t}* __restrict__ _w{k} = _o{k} + _r * _n;")
+    return sig, per_row, per_col, args, outs
+
+
+def _plan_name(fplan):
+    from .._plan import kernel_name
+    return kernel_name(fplan)
+
+
+def onepass_launch(fplan, kind, k, name, sms=DEFAULT_SMS):
+    """(kernel name, kinds, Launch) of the one-pass kernel of `fplan`, or None where it declines
+    (float16, a leaf it cannot index simply, an empty row or no rows)."""
+    if kind not in ONEPASS_OPS or not _onepass_supported(fplan):
+        return None
+    q = len(fplan.shape) - k
+    rows, n = math.prod(fplan.shape[:q]), math.prod(fplan.shape[q:])
+    if rows <= 0 or n <= 0:
+        return None
+    kinds = onepass_kinds(fplan, k)
+    if kinds is None:
+        return None
+    mt = np.dtype(fplan.nodes[fplan.outputs[0]][2]).name
+    first = plan(kind, rows, n, mt, sms=sms)[0]
+    code = "".join(kd[0][0] for kd in kinds)
+    kname = f"{name}_{first.variant}" + (f"_b{first.block_x}" if first.variant != "warp" else "") \
+        + f"_{code}"
+    return kname, kinds, first
+
+
+_ONEPASS: dict = {}
+_COUNTS: dict = {}
+
+
+def _counts(xp, rows):
+    """The per-row arrival counts of split one-pass kernels on the current device and stream
+    (launches on one stream never overlap): zeros, kept zero by the kernels (the last block of
+    a row resets its count)."""
+    key = (xp.cuda.Device().id, xp.cuda.get_current_stream().ptr)
+    c = _COUNTS.get(key)
+    if c is None or c.size < rows:
+        c = _COUNTS[key] = xp.zeros(max(rows, 1024, 0 if c is None else 2 * c.size), np.uint32)
+    return c
+
+
+def onepass(fplan, kind, k, name, dev):
+    """(the reduction, a (rows,) array; [the plan's other outputs]) of the one-pass plan `fplan`
+    on cuda device `dev`, one launch; None where the kernel declines or the switch is off."""
+    if not enabled():
+        return None
+    cupy = _device.cupy_library()
+    if any(not s and type(a) is not cupy.ndarray for a, s in zip(fplan.leaves, fplan.leaf_scalar)):
+        return None
+    with cupy.cuda.Device(dev.index):
+        first_leaf = next((a for a, s in zip(fplan.leaves, fplan.leaf_scalar) if not s), None)
+        got = onepass_launch(fplan, kind, k, name,
+                             DEFAULT_SMS if first_leaf is None else _sms(first_leaf))
+        if got is None:
+            return None
+        kname, kinds, launch = got
+        key = (kname, fplan.key)
+        kern = _ONEPASS.get(key)
+        if kern is None:
+            threads = launch.block[0] * launch.block[1] * launch.block[2]
+            source = onepass_source(kname, fplan, kind, kinds, launch.variant, launch.block_x,
+                                    threads)
+            _kernels.register_twin(kname, onepass_twin(_kernels._skeleton(fplan), kind, kinds,
+                                                       launch.variant, launch.block_x, threads))
+            kern = _ONEPASS[key] = _raw_kernel(kname, source)
+        q = len(fplan.shape) - k
+        rows, n = math.prod(fplan.shape[:q]), math.prod(fplan.shape[q:])
+        args = []
+        for a, d, kd in zip(fplan.leaves, fplan.leaf_dtypes, kinds):
+            if kd[0] == "scalar":
+                args.append(np.dtype(d).type(a))
+            else:
+                args.append(a)
+                if kd[0] in ("row", "full"):
+                    args.append(np.int64(kd[1]))
+        outs = [cupy.empty(fplan.shape, fplan.nodes[o][2]) for o in fplan.outputs[1:]]
+        mt = fplan.nodes[fplan.outputs[0]][2]
+        out = cupy.empty(rows, mt)
+        args += outs + [out]
+        if launch.variant == "split":
+            parts = launch.grid[0]
+            args += [cupy.empty(rows * parts * ROW_OPS[kind].k, mt),
+                     _counts(cupy, rows)]
+        args += [np.int64(rows), np.int64(n)]
+        _kernels._launch(kern, "rows", kname[3:], launch.grid, launch.block, tuple(args))
+    return out, outs
+
+
+def onepass_twin(skel, kind, kinds, variant, bx, threads):
+    """The NumPy twin of a one-pass RawKernel: the plan's values by its NumPy evaluation over the
+    leaves read as the kernel reads them, the outputs written, and the map merged per worker and
+    per block in the kernel's order (the split variant's last-block merge included)."""
+    from .._plan import _evaluate
+    op = ROW_OPS[kind]
+
+    def twin(grid, block, args, shared_mem=0):
+        _check_launch(grid, block, threads)
+        it = iter(args)
+        taken = [(kd, next(it), next(it) if kd[0] in ("row", "full") else None) for kd in kinds]
+        outs = [next(it) for _ in skel.outputs[1:]]
+        out = next(it)
+        part, count = (next(it), next(it)) if variant == "split" else (None, None)
+        rows, n = int(next(it)), int(next(it))
+        assert next(it, None) is None, "more arguments than the kernel takes"
+        leaves = []
+        for (kd, a, s), d in zip(taken, skel.leaf_dtypes):
+            if kd[0] == "scalar":
+                leaves.append(np.dtype(d).type(a))
+            elif kd[0] == "row":
+                leaves.append(np.lib.stride_tricks.as_strided(a, (rows, 1),
+                                                              (int(s) * a.itemsize, 0)))
+            elif kd[0] == "full":
+                leaves.append(_rows_view(a, rows, n, int(s) if rows > 1 else n))
+            else:
+                leaves.append(np.lib.stride_tricks.as_strided(a, (1, n), (0, a.itemsize)))
+        with np.errstate(all="ignore"):
+            vals = _evaluate(skel, leaves, (rows, n))
+        for o, v in zip(outs, vals[1:]):
+            o.reshape(rows, n)[...] = np.broadcast_to(v, (rows, n))
+        m = np.broadcast_to(np.asarray(vals[0]), (rows, n))
+        if variant == "warp":
+            assert block[0] == 32, "one warp per row: blockDim.x must be 32"
+            done, workers = min(rows, grid[0] * block[1]), 32
+        elif variant == "block":
+            assert block == (bx, 1, 1), f"compiled for ({bx}, 1, 1) blocks, launched {block}"
+            done, workers = min(rows, grid[0]), bx
+        else:
+            assert block == (bx, 1, 1), f"compiled for ({bx}, 1, 1) blocks, launched {block}"
+            done, workers = min(rows, grid[1]), grid[0] * bx
+        m = m[:done]
+        st = op.empty((done, workers), m.dtype)
+        w = np.arange(workers)
+        with np.errstate(all="ignore"):
+            for j0 in range(0, n, workers):
+                idx = j0 + w
+                valid = (idx < n)[None, :]
+                got = (np.take(m, np.clip(idx, 0, n - 1), axis=1),)
+                st = _where(valid, op.merge(st, got), st)
+        if variant == "warp":
+            st = tuple(s[..., 0] for s in _warp_merge(op, st))
+        elif variant == "block":
+            st = _block_merge(op, st, bx)
+        else:
+            parts = grid[0]
+            assert not count[:done].any(), "a row's arrival count was not reset to zero"
+            st = _block_merge(op, tuple(s.reshape(done, parts, bx) for s in st), bx)
+            view = part[:done * parts * op.k].reshape(done, parts, op.k)
+            for c in range(op.k):
+                view[..., c] = st[c]
+            lanes = op.empty((done, 32), m.dtype)
+            with np.errstate(all="ignore"):
+                for k0 in range(0, parts, 32):
+                    ks = k0 + np.arange(32)
+                    valid = (ks < parts)[None, :]
+                    got = tuple(np.take(view[..., c], np.clip(ks, 0, parts - 1), axis=1)
+                                for c in range(op.k))
+                    lanes = _where(valid, op.merge(lanes, got), lanes)
+            st = tuple(s[..., 0] for s in _warp_merge(op, lanes))
+        _write(op, st, [out, None], done, n)
+    twin.__name__ = f"gv_onepass_{variant}_twin"
+    return twin
+
+
+# ----- fused plans with row operands: the row broadcast of a whole plan -------------------------
+# An elementwise plan (gpuvjp/_plan.py) whose leaves include row operands (a row reduction's
+# cotangent or output, g[:, None] and lse[:, None] of a backward) runs as one RawKernel with the
+# row broadcast's 2-D launch (`rowcast_geometry`): each row's operands read once into registers,
+# full operands at r * ld + j, no index division per element. The plan's output records and
+# values are those of its ElementwiseKernel; float16, and leaves with no such reading, decline.
+def plan_rowcast_kinds(fplan):
+    """(q, kinds) of `fplan`'s leaves split at dim q (rows = prod(shape[:q])), at least one a
+    row operand and one a full or column operand; None where no split reads them so."""
+    shape = tuple(fplan.shape)
+    if len(shape) < 2 or not math.prod(shape) or not _no_half(fplan):
+        return None
+    arrays = [None if s else a for a, s in zip(fplan.leaves, fplan.leaf_scalar)]
+    for q in range(len(shape) - 1, 0, -1):
+        kinds = [("scalar",) if a is None else _classify(a, shape, q) for a in arrays]
+        if all(k is not None for k in kinds) and any(k[0] == "row" for k in kinds) and \
+                any(k[0] in ("full", "col") for k in kinds):
+            if any(a is not None and _ptr(a) % a.itemsize for a in arrays):
+                return None
+            return q, kinds
+    return None
+
+
+def _no_half(fplan):
+    dts = [np.dtype(d) for d in fplan.leaf_dtypes] + \
+        [np.dtype(n[c]) for n in fplan.nodes for c in (2, 3)]
+    return all(d.name != "float16" and d.name in _kernels.CTYPE for d in dts)
+
+
+def plan_rowcast_source(kname, fplan, kinds):
+    """The RawKernel `kname` writing every output of `fplan` with the row broadcast's launch."""
+    fn_src, families, fz = _kernels.plan_source(fplan, _plan_name(fplan))
+    sig, per_row, per_col, args, outs = _operands(fplan, kinds, fplan.outputs, "    ")
+    sig.append("long long _rows, long long _n")
+    vs = [f"_v{k}" for k in range(len(outs))]
+    call = f"_v0 = gv::{fz}({', '.join(args)});" if len(outs) == 1 else \
+        f"gv::{fz}({', '.join(args + vs)});"
+    body = [f'extern "C" __global__ void __launch_bounds__({ROWCAST_BLOCK}) {kname}('
+            + ", ".join(sig) + ") {",
+            "  for (long long _r = (long long)blockIdx.y * blockDim.y + threadIdx.y; _r < _rows;",
+            "       _r += (long long)gridDim.y * blockDim.y) {",
+            *per_row,
+            f"#pragma unroll {ROWCAST_PER_THREAD}",
+            "    for (long long _j = (long long)blockIdx.x * blockDim.x + threadIdx.x; _j < _n;",
+            "         _j += (long long)gridDim.x * blockDim.x) {",
+            *per_col,
+            *[f"      {t} _v{k};" for k, t in enumerate(outs)],
+            f"      {call}",
+            *[f"      _w{k}[_j] = _v{k};" for k in range(len(outs))],
+            "    }", "  }", "}"]
+    text = _kernels._read("common.cuh") + "\n" + _kernels._read("fuse.cuh")
+    for f in families:
+        text += "\n" + _kernels._read(f"{f}.cuh")
+    text += "\n" + fn_src
+    return text + f'\n#line 1 "{kname} (generated wrapper)"\n' + "\n".join(body) + "\n"
+
+
+def run_plan(fplan, name, dev):
+    """The outputs of the elementwise plan `fplan` on cuda device `dev` (a list of CuPy arrays)
+    as one 2-D RawKernel launch, or None where it has no row operands or the switch is off."""
+    if not enabled():
+        return None
+    cupy = _device.cupy_library()
+    if any(not s and type(a) is not cupy.ndarray for a, s in zip(fplan.leaves, fplan.leaf_scalar)):
+        return None
+    found = plan_rowcast_kinds(fplan)
+    if found is None:
+        return None
+    q, kinds = found
+    kname = f"{name}_rowcast_" + "".join(k[0][0] for k in kinds)
+    key = (kname, fplan.key)
+    with cupy.cuda.Device(dev.index):
+        kern = _ONEPASS.get(key)
+        if kern is None:
+            _kernels.register_twin(kname, plan_rowcast_twin(_kernels._skeleton(fplan), kinds))
+            kern = _ONEPASS[key] = _raw_kernel(kname, plan_rowcast_source(kname, fplan, kinds))
+        rows, n = math.prod(fplan.shape[:q]), math.prod(fplan.shape[q:])
+        args = []
+        for a, d, kd in zip(fplan.leaves, fplan.leaf_dtypes, kinds):
+            if kd[0] == "scalar":
+                args.append(np.dtype(d).type(a))
+            else:
+                args.append(a)
+                if kd[0] in ("row", "full"):
+                    args.append(np.int64(kd[1]))
+        outs = [cupy.empty(fplan.shape, fplan.nodes[o][2]) for o in fplan.outputs]
+        args += outs + [np.int64(rows), np.int64(n)]
+        grid, block = rowcast_geometry(rows, n)
+        _kernels._launch(kern, "fuse", kname[3:], grid, block, tuple(args))
+    return outs
+
+
+def _read_leaves(skel, kinds, it, rows, n):
+    """The leaves as a RawKernel over (rows, n) reads them from its arguments `it`."""
+    leaves = []
+    for kd, d in zip(kinds, skel.leaf_dtypes):
+        a = next(it)
+        if kd[0] == "scalar":
+            leaves.append(np.dtype(d).type(a))
+            continue
+        s = int(next(it)) if kd[0] in ("row", "full") else None
+        if kd[0] == "row":
+            leaves.append(np.lib.stride_tricks.as_strided(a, (rows, 1), (s * a.itemsize, 0)))
+        elif kd[0] == "full":
+            leaves.append(_rows_view(a, rows, n, s if rows > 1 else n))
+        else:
+            leaves.append(np.lib.stride_tricks.as_strided(a, (1, n), (0, a.itemsize)))
+    return leaves
+
+
+def plan_rowcast_twin(skel, kinds):
+    """The NumPy twin of a plan's row-broadcast RawKernel: its launch checked, the leaves read
+    as the kernel reads them, the plan evaluated by NumPy, every output written."""
+    from .._plan import _evaluate
+
+    def twin(grid, block, args, shared_mem=0):
+        _check_launch(grid, block, ROWCAST_BLOCK)
+        rows, n = int(args[-2]), int(args[-1])
+        it = iter(args[:-2])
+        leaves = _read_leaves(skel, kinds, it, rows, n)
+        outs = list(it)
+        assert len(outs) == len(skel.outputs), "the kernel's arguments do not match its plan"
+        with np.errstate(all="ignore"):
+            vals = _evaluate(skel, leaves, (rows, n))
+        for o, v in zip(outs, vals):
+            o.reshape(rows, n)[...] = np.broadcast_to(v, (rows, n))
+    twin.__name__ = "gv_plan_rowcast_twin"
+    return twin
