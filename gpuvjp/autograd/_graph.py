@@ -67,10 +67,12 @@ class Node:
         self.released = False
 
     def name(self):
-        return f"{self.op.name.capitalize()}Backward"
+        """PyTorch's name of this backward node (`ExpBackward0`), from the op's declaration."""
+        n = self.op.torch_name
+        return n if type(n) is str else n(self)
 
     def __repr__(self):
-        return f"<{self.name()}>"
+        return f"<{self.name()} object at {id(self):#x}>"
 
     def release(self):
         """Drop the saved arrays. An op whose rules read only its inputs' shape, dtype and
