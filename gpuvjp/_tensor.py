@@ -6,6 +6,9 @@ import numpy as np
 
 from . import _device, _dtype
 from ._lazy import Pending
+from ._size import Size
+
+_new_size = tuple.__new__                 # Size(shape) without re-checking NumPy's ints
 
 __all__ = ["Tensor"]
 
@@ -52,7 +55,7 @@ class Tensor:
     @property
     def shape(self):
         s = self._data.shape
-        return s[self._nb:] if self._nb else s
+        return _new_size(Size, s[self._nb:] if self._nb else s)
 
     @property
     def dtype(self):
@@ -108,7 +111,7 @@ class Tensor:
         return self.detach()
 
     def size(self, dim=None):
-        """Same as `torch.Tensor.size`."""
+        """Same as `torch.Tensor.size`: the shape as a `gpuvjp.Size`, or the size of `dim`."""
         if dim is None:
             return self.shape
         from .ops._util import norm_dim
