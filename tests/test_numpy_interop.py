@@ -50,6 +50,14 @@ def test_array_with_another_dtype():
         np.array(torch.tensor([1.5], dtype=torch.float64), dtype=np.float32, copy=False)
 
 
+def test_tensor_that_requires_grad_converts():
+    """A documented difference: PyTorch refuses numpy() on a tensor that requires grad."""
+    t = gv.tensor([1.0, 2.0], requires_grad=True)
+    assert np.asarray(t).tolist() == t.numpy().tolist() == [1.0, 2.0]
+    with pytest.raises(RuntimeError, match="requires grad"):
+        np.asarray(torch.tensor([1.0, 2.0], requires_grad=True))
+
+
 @pytest.mark.gpu
 def test_array_of_a_cuda_tensor_raises_as_torch():
     t = gv.ones(2, device=CUDA)

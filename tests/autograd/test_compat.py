@@ -257,3 +257,13 @@ def test_gradcheck_restores_the_input_when_func_raises():
     with pytest.raises(ValueError, match="inside func"):
         gv.autograd.gradcheck(func, (x,))
     assert x._data is data and x.tolist() == [0.5, 1.5] and calls[2] != [0.5, 1.5]
+
+
+def test_gradcheck_perturbs_the_tensor_not_its_memory():
+    """A documented difference: a detached alias of the input does not see the perturbation in
+    gpuvjp (tensors are values); in torch it shares the storage, and the check fails."""
+    def check(m):
+        x = m.tensor([0.5, 1.5], dtype=m.float64, requires_grad=True)
+        alias = x.detach()
+        return m.autograd.gradcheck(lambda a: a + 2 * alias, (x,), raise_exception=False)
+    assert check(gv) is True and check(torch) is False
