@@ -67,9 +67,10 @@ def _functionals(m):
 NAMES = sorted(_functionals(gv))
 
 
-def _inputs(m, x_grad, v_grad=False):
-    x = m.tensor([0.5, 1.0, 1.5], dtype=m.float64, requires_grad=x_grad)
-    v = m.tensor([1.0, -2.0, 0.5], dtype=m.float64, requires_grad=v_grad)
+def _inputs(m, x_grad, v_grad=False, device="cpu"):
+    kw = {"device": device} if m is gv else {}
+    x = m.tensor([0.5, 1.0, 1.5], dtype=m.float64, requires_grad=x_grad, **kw)
+    v = m.tensor([1.0, -2.0, 0.5], dtype=m.float64, requires_grad=v_grad, **kw)
     return x, v
 
 
@@ -142,8 +143,8 @@ def _alive_after(call):
 
 @pytest.mark.parametrize("x_grad", [False, True], ids=["x", "x-grad"])
 @pytest.mark.parametrize("name", NAMES)
-def test_functionals_leave_no_cycle(name, x_grad):
-    x, v = _inputs(gv, x_grad)
+def test_functionals_leave_no_cycle(name, x_grad, device):
+    x, v = _inputs(gv, x_grad, device=device)
     assert _alive_after(lambda: _functionals(gv)[name](x, v)) == 0
 
 
@@ -168,12 +169,13 @@ BACKWARD = {
 
 
 @pytest.mark.parametrize("name", sorted(BACKWARD))
-def test_backward_create_graph_leaves_no_cycle(name):
+def test_backward_create_graph_leaves_no_cycle(name, device):
     """Unlike torch (leaf -> .grad -> graph -> leaf), the gradient's graph holds the leaf
     weakly: dropping the leaf frees it, its gradient and both graphs."""
     gc.disable()
     try:
-        x = gv.tensor([[0.5, 1.0], [1.5, -0.5]], dtype=gv.float64, requires_grad=True)
+        x = gv.tensor([[0.5, 1.0], [1.5, -0.5]], dtype=gv.float64, requires_grad=True,
+                      device=device)
         y = BACKWARD[name](x)
         y.backward(create_graph=True)
         refs = [weakref.ref(x), weakref.ref(x.grad), weakref.ref(y)]
