@@ -263,6 +263,13 @@ def hold_leaves_weakly(grads):
         stand_ins[id(leaf)] = (leaf, t, ident)
     if not stand_ins:
         return
+    def swap(items, k):
+        """`items` with each leaf replaced by its stand-in's part k, or None if none is."""
+        if not any(id(a) in stand_ins and a is stand_ins[id(a)][0] for a in items):
+            return None
+        return tuple([stand_ins[id(a)][k] if id(a) in stand_ins and a is stand_ins[id(a)][0]
+                      else a for a in items])
+
     seen, todo = set(), [g._node for _, g in grads.values() if g._node is not None]
     while todo:
         node = todo.pop()
@@ -270,12 +277,17 @@ def hold_leaves_weakly(grads):
             continue
         seen.add(id(node))
         edges = node.edges
-        if any(id(e) in stand_ins and e is stand_ins[id(e)][0] for e in edges):
-            node.edges = tuple([stand_ins[id(e)][2] if id(e) in stand_ins and
-                                e is stand_ins[id(e)][0] else e for e in edges])
-        inputs = node.inputs
-        if inputs is not None and any(id(a) in stand_ins and a is stand_ins[id(a)][0]
-                                      for a in inputs):
-            node.inputs = tuple([stand_ins[id(a)][1] if id(a) in stand_ins and
-                                 a is stand_ins[id(a)][0] else a for a in inputs])
+        new = swap(edges, 2)
+        if new is not None:
+            node.edges = new
+        for where, obj, attr in ((node, node.inputs, "inputs"), (node, node.ans, "ans")):
+            if type(obj) is tuple:          # a Function's saved tensors live in node.ans
+                new = swap(obj, 1)
+                if new is not None:
+                    setattr(where, attr, new)
+        ctx = getattr(getattr(node.op, "app", None), "ctx", None)
+        if ctx is not None and ctx._to_save:          # a Function that saved its inputs
+            new = swap(ctx._to_save, 1)
+            if new is not None:
+                ctx._to_save = new
         todo.extend(e for e in edges if type(e) is Node)

@@ -161,7 +161,25 @@ def test_user_dual_level_leaves_no_cycle():
     assert _alive_after(call) == 0
 
 
+def _function(x):
+    """(x * Square(x)).sum(), Square a custom Function that saves its input."""
+    m = gv if isinstance(x, gv.Tensor) else torch
+
+    class Square(m.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            ctx.save_for_backward(a)
+            return a * a
+
+        @staticmethod
+        def backward(ctx, g):
+            (a,) = ctx.saved_tensors
+            return 2 * g * a
+    return (x * Square.apply(x)).sum()
+
+
 BACKWARD = {
+    "function": _function,
     "pow": lambda x: (x ** 3).sum(), "mul": lambda x: (x * x).sum(),
     "exp-tanh": lambda x: (x.exp() * x.tanh()).sum(), "matmul": lambda x: (x @ x).sum(),
     "linear": lambda x: (2 * x).sum(), "reuse": lambda x: (x * x.sin() + x).sum(),
