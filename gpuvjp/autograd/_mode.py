@@ -77,14 +77,12 @@ def _decorate(make_ctx, fn):
 class _Mode:
     """no_grad / enable_grad: a context manager, or a decorator with or without parentheses."""
     _mode = True
+    _prev = True                                    # set by __enter__
 
     def __new__(cls, orig_func=None):
         if orig_func is None:
-            return super().__new__(cls)
+            return object.__new__(cls)
         return cls()(orig_func)                     # bare @no_grad
-
-    def __init__(self, orig_func=None):
-        self._prev = False
 
     def __enter__(self):
         self._prev = _state.enabled
