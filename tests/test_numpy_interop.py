@@ -14,6 +14,10 @@ from tests.conftest import CUDA
 
 torch = pytest.importorskip("torch")
 
+# torch's own __array__ predates NumPy 2's copy argument, and NumPy says so on every call
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
 
 # ----- __array__ ------------------------------------------------------------------------------
 def _sharing(m, convert):
