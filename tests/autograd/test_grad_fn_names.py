@@ -119,7 +119,9 @@ def test_every_registry_op_is_named_as_torch_names_it():
         if not (public and op.differentiable and op.vjps) or name in decomposed:
             continue
         if isinstance(op.torch_name, str):
-            assert op.torch_name in torch_nodes, name
+            assert op.torch_name in torch_nodes, (
+                f"op {name!r} is named {op.torch_name}, a node torch does not have: give it "
+                "PyTorch's grad_fn name in TORCH_NAMES (gpuvjp/ops/_registry.py)")
             checked += 1
     assert checked >= 30
 
