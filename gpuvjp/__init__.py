@@ -1,7 +1,5 @@
 """gpuvjp: vector-Jacobian products and their relatives on NVIDIA GPUs, with PyTorch's semantics."""
 
-from __future__ import annotations
-
 from . import _dtype
 from ._creation import (arange as arange, as_tensor as as_tensor, empty as empty,
                         empty_like as empty_like, eye as eye, from_dlpack as from_dlpack,
@@ -17,6 +15,7 @@ from ._dtype import float16 as float16, float32 as float32, float64 as float64
 from ._dtype import get_default_dtype as get_default_dtype
 from ._dtype import int32 as int32, int64 as int64
 from ._dtype import set_default_dtype as set_default_dtype
+from ._size import Size as Size
 from ._tensor import Tensor as Tensor
 from . import autograd as autograd
 from . import cuda as cuda
@@ -29,17 +28,17 @@ from .autograd.functional import hessian as hessian, hvp as hvp, jacobian as jac
 from .autograd.functional import jvp as jvp, vhp as vhp, vjp as vjp
 from .ops import *  # noqa: F401,F403  (every op, by its PyTorch name)
 from .ops import __all__ as _ops_all
+del REGISTRY  # noqa: F821  (internal: gpuvjp.ops.REGISTRY)
 from .nn.functional import log_softmax_top as log_softmax, softmax_top as softmax
 
 bool = _dtype.bool_  # noqa: A001  (PyTorch's name)
 half, float, double = float16, float32, float64  # noqa: A001
 long, int = int64, int32  # noqa: A001
-Size = tuple
 
 __version__ = "0.1.0"
 
-__all__ = sorted(set(_ops_all) | {
-    "Tensor", "tensor", "as_tensor", "from_numpy", "from_dlpack", "zeros", "ones", "empty",
+__all__ = sorted(set(_ops_all) - {"REGISTRY"} | {
+    "Size", "Tensor", "tensor", "as_tensor", "from_numpy", "from_dlpack", "zeros", "ones", "empty",
     "full", "zeros_like", "ones_like", "full_like", "empty_like", "arange", "linspace", "eye",
     "rand", "randn", "manual_seed", "device", "dtype", "float16", "float32", "float64", "int32",
     "int64", "bool", "half", "float", "double", "long", "int", "get_default_dtype",
@@ -47,3 +46,4 @@ __all__ = sorted(set(_ops_all) | {
     "profiler", "compile",
     "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "vjp", "jvp", "jacobian",
     "hessian", "vhp", "hvp", "softmax", "log_softmax"})
+del _ops_all

@@ -6,6 +6,9 @@ import numpy as np
 
 from . import _device, _dtype, _trace
 from ._lazy import Pending
+from ._size import Size
+
+_new_size = tuple.__new__                 # Size(shape) without re-checking NumPy's ints
 
 __all__ = ["Tensor"]
 
@@ -18,7 +21,9 @@ class Tensor:
     # sweep: vectorized jacobian, batched tangents). _tangent: the forward-mode tangent.
     __slots__ = ("_data", "_dev", "_dtype", "_node", "_requires_grad", "grad", "_nb",
                  "_tangent", "__weakref__")
-    __array_priority__ = 1000           # NumPy defers `ndarray op Tensor` to the Tensor
+    # NumPy defers every operator with an ndarray (`nd + t`, `nd < t`) to the Tensor's own,
+    # reflected, operator, and refuses to apply its ufuncs to a Tensor (docs/differences.md).
+    __array_ufunc__ = None
 
     def __init__(self, data=()):
         from ._creation import tensor
@@ -52,7 +57,7 @@ class Tensor:
     @property
     def shape(self):
         s = self._data.shape
-        return s[self._nb:] if self._nb else s
+        return _new_size(Size, s[self._nb:] if self._nb else s)
 
     @property
     def dtype(self):
@@ -110,7 +115,7 @@ class Tensor:
         return self.detach()
 
     def size(self, dim=None):
-        """Same as `torch.Tensor.size`."""
+        """Same as `torch.Tensor.size`: the shape as a `gpuvjp.Size`, or the size of `dim`."""
         if dim is None:
             return self.shape
         from .ops._util import norm_dim
@@ -151,13 +156,21 @@ class Tensor:
         return self._host()
 
     def __array__(self, dtype=None, copy=None):
+        """The NumPy array of a cpu tensor, with NumPy 2's `copy=` meaning: `np.asarray(t)`
+        shares memory, `np.array(t)` copies, and `copy=False` raises ValueError where a copy
+        is needed (another dtype). A cuda tensor raises TypeError, as PyTorch's."""
         if self._dev.type != "cpu":
             raise TypeError(f"can't convert {self._dev} device type tensor to numpy. Use "
                             "Tensor.cpu() to copy the tensor to host memory first.")
         a = self._array()
         if _trace.ON:
             _trace.read(a)
-        return a if dtype is None else a.astype(dtype, copy=False)
+        if dtype is not None and np.dtype(dtype) != a.dtype:
+            if copy is False:
+                raise ValueError(f"Unable to avoid copy while converting a {self._dtype} tensor "
+                                 f"to a NumPy array of dtype {np.dtype(dtype)}.")
+            return a.astype(dtype)
+        return a.copy() if copy else a
 
     def item(self):
         """Same as `torch.Tensor.item`."""
@@ -340,12 +353,33 @@ _TYPE_NAMES = {"float16": "HalfTensor", "float32": "FloatTensor", "float64": "Do
                "int32": "IntTensor", "int64": "LongTensor", "bool": "BoolTensor"}
 
 
+def _operand(other, like):
+    """The other operand of a Tensor operator, or NotImplemented: a NumPy scalar counts as the
+    Python scalar it holds, an ndarray as a (copied) tensor on `like`'s device."""
+    if isinstance(other, Tensor):
+        return other
+    if isinstance(other, np.generic):
+        return other.item() if other.dtype.kind in "biuf" else NotImplemented
+    if isinstance(other, (bool, int, float)):
+        return other
+    if isinstance(other, np.ndarray):
+        from ._creation import tensor
+        return tensor(other, device=like._dev)
+    return NotImplemented
+
+
+_PLAIN = (Tensor, bool, int, float)     # operands used as they are (exact types: np.float64
+                                        # is a float, and counts as a Python scalar instead)
+
+
 def _binary(fn_name, reflected=False):
     fn = []                             # ops.<fn_name>, looked up on first use: ops import us
 
     def method(self, other):
-        if not isinstance(other, (Tensor, bool, int, float, np.generic)):
-            return NotImplemented
+        if type(other) not in _PLAIN:
+            other = _operand(other, self)
+            if other is NotImplemented:
+                return NotImplemented
         if not fn:
             from . import ops
             fn.append(getattr(ops, fn_name))

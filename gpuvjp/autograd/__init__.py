@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import _lazy, _trace
 from .._tensor import Tensor
-from ._graph import run_backward
+from ._graph import hold_leaves_weakly, run_backward
 from ._mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 
 __all__ = ["backward", "grad", "functional", "Function", "function", "no_grad", "enable_grad",
@@ -138,6 +138,9 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
         targets = {id(_key(t)) for t in inputs}
     found = run_backward([_key(o) for o in tensors], grads, targets, retain_graph,
                          create_graph, leaves=True)
+    if create_graph:
+        # unlike PyTorch, leaf.grad's graph holds the leaf weakly: no reference cycle
+        hold_leaves_weakly({k: v for k, v in found.items() if isinstance(v[0], Tensor)})
     for leaf, g in found.values():
         if not create_graph:
             g = g.detach()

@@ -8,6 +8,7 @@ own: their Jacobian is diagonal, so their vjp rules applied to a tangent give it
 from __future__ import annotations
 
 import threading
+import weakref
 
 __all__ = ["active", "tangent", "defjvp", "deflinear", "levels"]
 
@@ -24,15 +25,28 @@ def active() -> bool:
 
 def enter():
     _state.levels = levels() + 1
+    stack = getattr(_state, "nodes", None)
+    if stack is None:
+        stack = _state.nodes = []
+    stack.append([])
     return _state.levels - 1
 
 
 def exit_():
     _state.levels = max(levels() - 1, 0)
+    stack = getattr(_state, "nodes", None)
+    if stack:
+        # Once its level closes, no rule reads a node's output tangent again: dropping it
+        # breaks the cycle node -> tangent -> the tangent's own graph -> node.
+        for ref in stack.pop():
+            node = ref()
+            if node is not None:
+                node.ans_tangent = None
 
 
 def tangent(op, args, ans, params):
     """The output tangent of `op` applied to dual `args`."""
+    from .._tensor import Tensor
     from ..ops import shape as _shape
 
     rule = op.jvp
@@ -41,9 +55,17 @@ def tangent(op, args, ans, params):
             raise RuntimeError(f"Trying to use forward AD with {op.name} that does not "
                                "support it: the op has no derivative")
         rule = _elementwise if op.elementwise else _transposed_vjp
+    node = ans._node
+    if node is not None and node.ans is not None and _state.nodes:
+        _state.nodes[-1].append(weakref.ref(node))   # apply stores the tangent on the node
+    # The rule sees an alias of the output (same array, same history), never the output
+    # itself: the output holds the tangent, so a tangent whose graph held the output would
+    # keep both alive in a reference cycle.
+    alias = Tensor._make(ans._data, ans._dev, ans._dtype, node)
+    alias._requires_grad, alias._nb = ans._requires_grad, ans._nb
     _state.suspended = True
     try:
-        t = rule(op, args, ans, params)
+        t = rule(op, args, alias, params)
         if t is not None:
             if t.shape != ans.shape:
                 t = _shape.expand(t, *ans.shape)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import weakref
+
 from .. import _device
 from .._device import CPU
 from . import _mode
 
-__all__ = ["Node", "run_backward"]
+__all__ = ["Node", "run_backward", "hold_leaves_weakly"]
+
+_WeakRef = weakref.ReferenceType
 
 
 _OPS = []
@@ -48,9 +52,10 @@ class Node:
 
     `inputs` holds the op's inputs exactly as they were given (tensors with their own history,
     so rules recorded under create_graph=True differentiate through them). `edges[i]` is where
-    input i's gradient goes: its producer Node, the leaf Tensor that asked for a gradient, or
-    None. The output array is kept only when the op's rule reads `ans`. Saved values are
-    released after the sweep that used them unless the graph is retained.
+    input i's gradient goes: its producer Node, the leaf Tensor that asked for a gradient (or
+    a weak reference to it, see hold_leaves_weakly), or None. The output array is kept only
+    when the op's rule reads `ans`. Saved values are released after the sweep that used them
+    unless the graph is retained.
     """
 
     __slots__ = ("op", "inputs", "params", "edges", "ans", "ans_tangent", "out_meta",
@@ -67,10 +72,12 @@ class Node:
         self.released = False
 
     def name(self):
-        return f"{self.op.name.capitalize()}Backward"
+        """PyTorch's name of this backward node (`ExpBackward0`), from the op's declaration."""
+        n = self.op.torch_name
+        return n if type(n) is str else n(self)
 
     def __repr__(self):
-        return f"<{self.name()}>"
+        return f"<{self.name()} object at {id(self):#x}>"
 
     def release(self):
         """Drop the saved arrays. An op whose rules read only its inputs' shape, dtype and
@@ -136,7 +143,7 @@ def _toposort(roots, targets):
                     if needed[id(e)]:
                         want = True
                         break
-                elif id(e) in targets:
+                elif id(e() if type(e) is _WeakRef else e) in targets:
                     want = True
                     break
         needed[nid] = want
@@ -196,10 +203,14 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
                     if not needed[id(e)]:
                         continue
                     store = pending
-                elif targets is None or id(e) in targets:
-                    store = found
                 else:
-                    continue
+                    if type(e) is _WeakRef:          # a leaf held weakly (hold_leaves_weakly)
+                        e = e()
+                        if e is None:
+                            continue
+                    if targets is not None and id(e) not in targets:
+                        continue
+                    store = found
                 rule = op.vjps[i]
                 if rule is None:
                     continue
@@ -228,3 +239,55 @@ def _accumulate(store, obj, g):
         store[id(obj)] = [obj, g]
     else:
         entry[1] = entry[1] + g
+
+
+def hold_leaves_weakly(grads):
+    """Break the cycle leaf -> leaf.grad -> graph -> leaf that Tensor.backward(create_graph=
+    True) makes, by making every node reachable from the gradients reach those leaves weakly.
+
+    `grads` maps id(leaf) -> (leaf, gradient). In each node, an input that is one of the leaves
+    becomes a stand-in (the leaf's array, its own history: an identity node whose edge is a
+    weak reference to the leaf), and an edge to the leaf becomes that identity node. Rules,
+    later sweeps and graphs recorded from the stand-ins reach the leaf as before while it
+    lives; once the caller drops it, its gradient has nowhere to go and is not computed.
+    """
+    from ..ops import clone_                        # the identity op
+    stand_ins = {}
+    for leaf, g in grads.values():
+        if g._node is None:
+            continue
+        ident = Node(clone_, (Meta(leaf),), {}, (weakref.ref(leaf),), None,
+                     (leaf.shape, leaf._dtype, leaf._dev))
+        t = type(leaf)._make(leaf._data, leaf._dev, leaf._dtype, ident)
+        t._nb = leaf._nb
+        stand_ins[id(leaf)] = (leaf, t, ident)
+    if not stand_ins:
+        return
+    def swap(items, k):
+        """`items` with each leaf replaced by its stand-in's part k, or None if none is."""
+        if not any(id(a) in stand_ins and a is stand_ins[id(a)][0] for a in items):
+            return None
+        return tuple([stand_ins[id(a)][k] if id(a) in stand_ins and a is stand_ins[id(a)][0]
+                      else a for a in items])
+
+    seen, todo = set(), [g._node for _, g in grads.values() if g._node is not None]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        edges = node.edges
+        new = swap(edges, 2)
+        if new is not None:
+            node.edges = new
+        for where, obj, attr in ((node, node.inputs, "inputs"), (node, node.ans, "ans")):
+            if type(obj) is tuple:          # a Function's saved tensors live in node.ans
+                new = swap(obj, 1)
+                if new is not None:
+                    setattr(where, attr, new)
+        ctx = getattr(getattr(node.op, "app", None), "ctx", None)
+        if ctx is not None and ctx._to_save:          # a Function that saved its inputs
+            new = swap(ctx._to_save, 1)
+            if new is not None:
+                ctx._to_save = new
+        todo.extend(e for e in edges if type(e) is Node)

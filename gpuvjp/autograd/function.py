@@ -177,10 +177,7 @@ class _GradPack:
 
 
 class _Name(str):
-    """An op name that Node.name() prints as given (a Function's class name is CamelCase)."""
-
-    def capitalize(self):
-        return str(self)
+    """An op name kept as given (a Function's class name is CamelCase)."""
 
 
 # ----- the per-application op -------------------------------------------------------------------
@@ -297,6 +294,7 @@ def _make_op(app, n_args, holds_saved):
                               saves_inputs=holds_saved)
     op.app = app
     op.holds_saved = holds_saved
+    op.torch_name = f"{app.name}Backward"            # PyTorch's: the class name, no suffix
     op.vjps = tuple(_rule(app, i) for i in range(n_args))
     return op
 
@@ -319,6 +317,7 @@ def _select_op(name):
             return None
 
     op = _SelectOp(_Name(name), None, promote=KEEP, saves_ans=False, saves_inputs=False)
+    op.torch_name = f"{name}Backward"
     op.vjps = (lambda g, ans, pack, k: _GradPack({k: g}, pack),)
     return op
 
@@ -821,6 +820,7 @@ def _delayed_error(t, args):
     KEEP, Op = _op_base()
     srcs = tuple(a for a in args if isinstance(a, Tensor) and a.requires_grad)
     op = Op(_Name("Error"), None, promote=KEEP, saves_ans=False, saves_inputs=False)
+    op.torch_name = "ErrorBackward"
 
     def rule(g, ans, *inputs):
         raise RuntimeError("trying to differentiate twice a function that was marked with "

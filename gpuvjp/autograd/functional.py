@@ -237,10 +237,12 @@ def _jvp_forward(func, inputs, v=None, create_graph=False):
     """jvp in forward mode: each input carries its tangent through func, one pass."""
     from .._creation import ones_like, zeros_like
     _check_func(func, "jvp")
-    is_inputs_tuple, inputs, v = _inputs_and_v(inputs, v, create_graph, "jvp")
+    # inputs are prepared and func runs with grad enabled, as PyTorch's jvp does (func may
+    # differentiate inside; with create_graph the copies carry the caller's graph)
+    with _mode.enable_grad():
+        is_inputs_tuple, inputs, v = _inputs_and_v(inputs, v, create_graph, "jvp")
     if v is None:
         v = (ones_like(inputs[0]),)
-    # func runs with grad enabled, as PyTorch's jvp runs it (it may differentiate inside)
     with _mode.enable_grad(), forward_ad.dual_level():
         for inp, t in zip(inputs, v):               # inputs are our own copies
             inp._tangent = _as_tangent(t, inp)

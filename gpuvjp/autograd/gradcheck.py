@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -83,12 +84,20 @@ def _check_inputs(inputs):
 
 
 # ----- numerical side: central differences in the inputs' dtype -------------------------------
+@contextlib.contextmanager
 def _perturbed(inputs, i, arr):
+    """The caller's input i holding the values `arr` while the block runs, then its own again:
+    as PyTorch's gradcheck, which perturbs the inputs in place, so that a function reading an
+    input through a closure sees the perturbation too. The tensor's array is swapped rather
+    than written into, so no other tensor (nor a pending fused expression) ever sees it."""
     from .._creation import tensor
     x = inputs[i]
-    xs = list(inputs)
-    xs[i] = tensor(arr, dtype=x.dtype, device=x.device, requires_grad=x.requires_grad)
-    return xs
+    saved = x._data
+    x._data = tensor(arr, dtype=x.dtype, device=x.device)._data
+    try:
+        yield inputs
+    finally:
+        x._data = saved
 
 
 def _eval(func, xs):
@@ -98,9 +107,11 @@ def _eval(func, xs):
 
 def _central(func, inputs, i, delta, eps):
     """(f(x_i + delta) - f(x_i - delta)) / 2 eps per output, flattened (|delta| = eps)."""
-    x = inputs[i].detach().numpy()
-    lo = _eval(func, _perturbed(inputs, i, x - delta))
-    hi = _eval(func, _perturbed(inputs, i, x + delta))
+    x = inputs[i].detach().numpy().copy()
+    with _perturbed(inputs, i, x - delta) as xs:
+        lo = _eval(func, xs)
+    with _perturbed(inputs, i, x + delta) as xs:
+        hi = _eval(func, xs)
     return [((b - a) / (2 * eps)).reshape(-1) for a, b in zip(lo, hi)]
 
 

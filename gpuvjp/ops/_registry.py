@@ -26,13 +26,115 @@ KEEP = "keep"          # inputs used as they are (shape ops, casts, indexing)
 _SCALAR_KIND = {bool: 0, int: 1, float: 2}
 
 
+# ----- grad_fn names ---------------------------------------------------------------------
+def default_torch_name(name):
+    """PyTorch's spelling of an op's backward node: `log_softmax` -> `LogSoftmaxBackward0`,
+    `log1p` -> `Log1PBackward0`; a backward primitive `tanh_bwd` -> `TanhBackwardBackward0`."""
+    parts = ["backward" if part == "bwd" else part for part in name.split("_")]
+    return "".join(part.title() for part in parts) + "Backward0"
+
+
+def _full_or_dim(stem):
+    """`SumBackward0` for a reduction over every dim, `SumBackward1` over some (dim given)."""
+    def name(node):
+        dims, out_ndim = node.params["dim"], len(node.out_meta[0])
+        in_ndim = out_ndim if node.params.get("keepdim") else out_ndim + len(dims)
+        return f"{stem}Backward{0 if len(dims) == in_ndim else 1}"
+    return name
+
+
+def _scalar_at(node, i):
+    """Was positional input i a Python or NumPy scalar? (After a sweep released the inputs,
+    an input that took no gradient counts as one.)"""
+    if node.inputs is not None:
+        return not hasattr(node.inputs[i], "_dtype")
+    return node.edges[i] is None
+
+
+def _drops_ones(longer, shorter):
+    """Is `shorter` the shape `longer` with some size-1 dims removed?"""
+    j = 0
+    for size in longer:
+        if j < len(shorter) and shorter[j] == size:
+            j += 1
+        elif size != 1:
+            return False
+    return j == len(shorter)
+
+
+def _reshape_name(node):
+    out = node.params["shape"]
+    src = tuple(node.inputs[0].shape) if node.inputs is not None else out
+    if len(out) == len(src) + 1 and _drops_ones(out, src):
+        return "UnsqueezeBackward0"
+    if len(out) < len(src) and _drops_ones(src, out):
+        return "SqueezeBackward1" if len(src) - len(out) == 1 else "SqueezeBackward0"
+    return "ViewBackward0"
+
+
+def _getitem_name(node):
+    """The last indexing step PyTorch applies: advanced indices gather (IndexBackward0),
+    otherwise the last int (Select), slice (Slice) or None (Unsqueeze), left to right."""
+    name = "AliasBackward0"
+    for item in node.params["index"]:
+        if isinstance(item, (bool, np.bool_)) or hasattr(item, "shape") or \
+                isinstance(item, (list, tuple)):
+            return "IndexBackward0"
+        if item is None:
+            name = "UnsqueezeBackward0"
+        elif isinstance(item, slice):
+            name = "SliceBackward0"
+        elif item is not Ellipsis:
+            name = "SelectBackward0"
+    return name
+
+
+def _permute_name(node):
+    moved = sum(1 for i, d in enumerate(node.params["dims"]) if i != d)
+    return "TransposeBackward0" if moved == 2 else "PermuteBackward0"
+
+
+def _pow_name(node):
+    if _scalar_at(node, 1):
+        return "PowBackward0"
+    return "PowBackward2" if _scalar_at(node, 0) else "PowBackward1"
+
+
+# PyTorch's grad_fn name for each op whose name is not default_torch_name(op name): a str, or
+# a function of the Node where PyTorch's name depends on the arguments. One op stands for
+# several PyTorch functions in places (reshape for view, flatten, squeeze and unsqueeze;
+# matmul for mm, mv, dot and bmm): those are named from shapes (docs/differences.md).
+TORCH_NAMES = {
+    "sum": _full_or_dim("Sum"),
+    "prod": _full_or_dim("Prod"),
+    "max": "MaxBackward1",
+    "min": "MinBackward1",
+    "select_along": lambda node: "MaxBackward0" if node.params.get("largest", True)
+                                 else "MinBackward0",
+    "matmul": lambda node: ("DotBackward0", "MvBackward0", "MmBackward0")[
+        len(node.out_meta[0])] if len(node.out_meta[0]) < 3 else "BmmBackward0",
+    "reshape": _reshape_name,
+    "getitem": _getitem_name,
+    "permute": _permute_name,
+    "pow": _pow_name,
+    "sub": lambda node: "RsubBackward1" if _scalar_at(node, 0) else "SubBackward0",
+    "clamp": "ClampBackward1",
+    "square": "PowBackward0",
+    "to_dtype": "ToCopyBackward0",
+    "to_device": "ToCopyBackward0",
+    "norm": "LinalgVectorNormBackward0",
+    "gelu_tanh": "GeluBackward0",
+    "cross_entropy_nll": "NllLossBackward0",
+}
+
+
 class Op:
     """A differentiable primitive: forward on arrays, one vjp rule per positional input."""
 
     __slots__ = ("name", "impl", "gpu", "vjps", "saves_ans", "saves_inputs", "promote", "twin",
                  "family", "kernel", "kernel_fn", "differentiable", "out_dtype", "moves_device",
                  "takes_pending", "elementwise", "batch_rule", "jvp", "fuse",
-                 "bool_error")
+                 "bool_error", "torch_name")
 
     def __init__(self, name, impl, *, promote=SAME, saves_ans=True, saves_inputs=True,
                  differentiable=True, out_dtype=None, elementwise=False):
@@ -56,6 +158,8 @@ class Op:
         self.jvp = None                       # forward-mode rule, see defjvp
         self.fuse = None                      # _kernels.Expr: recorded in fused plans
         self.bool_error = None                # PyTorch's message for bool operands (neg, sub)
+        # the grad_fn name: a str, or a function of the Node (see TORCH_NAMES)
+        self.torch_name = TORCH_NAMES.get(name) or default_torch_name(name)
 
     def __repr__(self):
         return f"<op {self.name}>"

@@ -282,12 +282,12 @@ def _arg(input, dim, keepdim, largest, name):
 
 # values = x at the chosen index along dim; the gradient lands on that element (a one-hot
 # mask built from the index, so the rule is itself differentiable in g).
-def _select_impl(xp, x, index, dim, keepdim):
+def _select_impl(xp, x, index, dim, keepdim, largest=True):
     out = xp.take_along_axis(x, xp.expand_dims(index, dim), axis=dim)
     return out if keepdim else xp.squeeze(out, axis=dim)
 
 
-def select_vjp(g, ans, x, index, dim, keepdim):
+def select_vjp(g, ans, x, index, dim, keepdim, largest=True):
     from .._creation import arange
     n = x.shape[dim]
     iota = _shape.reshape_(arange(n, device=x.device),
@@ -347,7 +347,8 @@ def _max_min(input, dim, keepdim, largest):
     x = input if input.ndim else _shape.reshape_(input, shape=(1,))
     d = dims[0] if dims else 0
     index = _arg_op(x, dim=d, keepdim=False, largest=largest)
-    values = select_op(x, index, dim=d, keepdim=bool(keepdim) and input.ndim > 0)
+    values = select_op(x, index, dim=d, keepdim=bool(keepdim) and input.ndim > 0,
+                       largest=largest)         # largest: the grad_fn's name
     cls = max_return if largest else min_return
     return cls(values, index if not (keepdim and input.ndim) else _shape.unsqueeze(index, d))
 

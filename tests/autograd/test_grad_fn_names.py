@@ -1,0 +1,134 @@
+"""grad_fn names against torch: PyTorch's node names (`ExpBackward0`, `SumBackward1`, ...) for
+the same programs, every registry op's name a node class torch has, and the documented
+differences pinned."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import gpuvjp as gv
+from gpuvjp.ops._registry import REGISTRY, default_torch_name
+
+torch = pytest.importorskip("torch")
+
+# One expression per line, evaluated under both libraries with x (3, 4), y (4, 5), v (4,),
+# b (2, 3, 4), c (2, 4, 5), all requiring grad; `m` is the module, `F` its nn.functional.
+PROGRAMS = [
+    "x @ y", "m.mm(x, y)", "v @ v", "m.dot(v, v)", "x @ v", "m.mv(x, v)", "m.bmm(b, c)",
+    "m.outer(v, v)", "F.linear(x, y.t())",
+    "x.reshape(-1)", "x.view(12)", "x.flatten()", "x.unsqueeze(0)", "x[None].squeeze(0)",
+    "x[None][None].squeeze()", "x.transpose(0, 1)", "x.mT", "b.permute(2, 0, 1)",
+    "v.expand(3, 4)", "m.broadcast_to(v, (3, 4))",
+    "x[1:]", "x[1]", "x[:, 1:]", "x[:, 1]", "x[1:, 2]", "x[None, 1]", "x[1, None]", "x[None]",
+    "x[...]", "x[m.tensor([0, 2])]", "x[x > 1]", "x[1, [0, 1]]",
+    "x.sum()", "x.sum(1)", "x.sum(dim=0, keepdim=True)", "x.prod()", "x.prod(1)",
+    "x.amax(1)", "x.amin()", "x.max()", "x.max(1)[0]", "x.min()", "x.min(1)[0]",
+    "x.logsumexp(1)", "x.norm()", "x.norm(dim=1)", "x.var()", "x.var(1)", "x.std()",
+    "x.std(1)", "x.cumsum(1)",
+    "m.cat([x, x])", "m.stack([x, x])", "x.flip(0)", "x.index_select(0, m.tensor([1]))",
+    "x.gather(1, m.tensor([[0], [1], [2]]))",
+    "x + x", "x + 1", "x - x", "x - 1", "1 - x", "x * x", "x * 2", "x / x", "x / 2",
+    "x ** x", "x ** 2", "2 ** x", "m.pow(x, 0.5)",
+    "-x", "x.exp()", "x.log()", "x.sqrt()", "x.sin()", "x.cos()", "x.tan()", "x.tanh()",
+    "x.sigmoid()", "x.relu()", "x.abs()", "x.sign()", "x.exp2()", "x.log2()", "x.log1p()",
+    "x.expm1()", "x.rsqrt()", "x.reciprocal()", "x.square()", "x.erf()", "m.atan2(x, x)",
+    "x.clamp(0, 1)", "x.clamp(min=0)", "x.clamp(max=0)", "m.maximum(x, x)",
+    "m.minimum(x, x)", "m.where(x > 1, x, x)", "x.clone()", "x.float()",
+    "F.gelu(x)", "F.gelu(x, approximate='tanh')", "F.silu(x)", "F.softplus(x)",
+    "x.softmax(1)", "x.log_softmax(1)", "F.relu(x)",
+]
+
+# Where gpuvjp's graph differs from PyTorch's (one op standing for several PyTorch functions,
+# or a composite): the name gpuvjp gives, pinned, and listed in docs/differences.md.
+DIFFERENCES = {
+    "b @ c": "BmmBackward0",                       # torch: UnsafeViewBackward0
+    "b @ y": "BmmBackward0",                       # torch: UnsafeViewBackward0
+    "v @ y": "MvBackward0",                        # torch: SqueezeBackward4
+    "m.einsum('ij,jk->ik', x, y)": "EinsumBackward0",    # torch: ViewBackward0
+    "x.t()": "TransposeBackward0",                 # torch: TBackward0
+    "x.T": "TransposeBackward0",                   # torch: PermuteBackward0
+    "x.t().reshape(-1)": "ViewBackward0",          # torch: UnsafeViewBackward0
+    "x.t().contiguous()": "TransposeBackward0",    # torch: CloneBackward0
+    "x.unsqueeze(0).squeeze()": "SqueezeBackward1",      # torch: SqueezeBackward0
+    "x.reshape(1, 3, 4)": "UnsqueezeBackward0",    # torch: ViewBackward0
+    "x.split(2)[0]": "SliceBackward0",             # torch: SplitBackward0
+    "x.chunk(2)[1]": "SliceBackward0",             # torch: SplitBackward0
+    "x.mean()": "DivBackward0",                    # torch: MeanBackward0
+    "x.mean(1)": "DivBackward0",                   # torch: MeanBackward1
+    "2 / x": "DivBackward0",                       # torch: MulBackward0
+    "x.clamp(m.zeros(3, 4))": "WhereBackward0",    # torch: ClampBackward0
+    "m.norm(x, p='nuc')": "NuclearNormBackward0",  # torch: SumBackward1
+    "F.cross_entropy(x, m.tensor([0, 1, 2]))": "DivBackward0",   # torch: NllLossBackward0
+    "F.cross_entropy(x, m.tensor([0, 1, 2]), reduction='sum')": "SumBackward0",  # NllLoss...
+    "F.cross_entropy(x, m.tensor([0, 1, 2]), reduction='none')": "WhereBackward0",  # NllLoss...
+    "F.mse_loss(x, x.detach())": "DivBackward0",   # torch: MseLossBackward0
+}
+
+SHAPES = {"x": (3, 4), "y": (4, 5), "v": (4,), "b": (2, 3, 4), "c": (2, 4, 5)}
+
+
+def _node(m, expr):
+    rng = np.random.default_rng(0)
+    env = {k: m.tensor(rng.uniform(0.5, 2.0, s), requires_grad=True) for k, s in SHAPES.items()}
+    env.update(m=m, F=m.nn.functional)
+    return eval(expr, env).grad_fn
+
+
+@pytest.mark.parametrize("expr", PROGRAMS)
+def test_name_matches_torch(expr):
+    got, want = _node(gv, expr), _node(torch, expr)
+    assert got.name() == want.name() == type(want).__name__
+
+
+@pytest.mark.parametrize("expr", sorted(DIFFERENCES))
+def test_documented_differences(expr):
+    want = _node(torch, expr).name()
+    got = _node(gv, expr).name()
+    assert got == DIFFERENCES[expr] and got != want
+
+
+def test_repr_has_torch_shape():
+    node = _node(gv, "x.exp()")
+    assert re.fullmatch(r"<ExpBackward0 object at 0x[0-9a-f]+>", repr(node))
+    assert repr(gv.ones(2, requires_grad=True).exp()).endswith("grad_fn=<ExpBackward0>)")
+
+
+def test_names_survive_the_sweep():
+    """A node's name is the same after backward released its saved tensors."""
+    x = gv.ones(3, requires_grad=True)
+    exprs = {"PowBackward0": x ** 2, "PowBackward2": 2 ** x, "PowBackward1": x ** x,
+             "RsubBackward1": 1 - x, "UnsqueezeBackward0": x.unsqueeze(0),
+             "SumBackward0": x.sum()}
+    for name, out in exprs.items():
+        assert out.grad_fn.name() == name
+        out.sum().backward()
+        assert out.grad_fn.name() == name
+
+
+def test_every_registry_op_is_named_as_torch_names_it():
+    """Each differentiable op whose name is a torch function has a name torch's autograd has
+    a node for (the default spelling is PyTorch's code generator's)."""
+    torch_nodes = {n for n in dir(torch._C._functions) if "Backward" in n}
+    decomposed = {"einsum", "nuclear_norm"}        # torch records their parts instead
+    checked = 0
+    for name, op in REGISTRY.items():
+        public = hasattr(torch, name) or hasattr(torch.nn.functional, name)
+        if not (public and op.differentiable and op.vjps) or name in decomposed:
+            continue
+        if isinstance(op.torch_name, str):
+            assert op.torch_name in torch_nodes, (
+                f"op {name!r} is named {op.torch_name}, a node torch does not have: give it "
+                "PyTorch's grad_fn name in TORCH_NAMES (gpuvjp/ops/_registry.py)")
+            checked += 1
+    assert checked >= 30
+
+
+@pytest.mark.parametrize("name, want", [
+    ("exp", "ExpBackward0"), ("log1p", "Log1PBackward0"), ("index_select",
+     "IndexSelectBackward0"), ("log_softmax", "LogSoftmaxBackward0"),
+    ("tanh_bwd", "TanhBackwardBackward0"), ("atan2", "Atan2Backward0")])
+def test_default_spelling(name, want):
+    assert default_torch_name(name) == want
