@@ -140,12 +140,15 @@ def apply(op, args, params):
     kind = -1                     # highest category of the Python scalars (bool < int < float)
     arrays = []                   # the arguments with each tensor's backing array
     pending = False               # some array is still a Pending expression
+    small = True                  # every array has at most _lazy.EAGER_SIZE elements
     for a in args:
         if isinstance(a, Tensor):
             d = a._data
             arrays.append(d)
             if type(d) is Pending:
                 pending = True
+            elif d.size > _lazy.EAGER_SIZE:
+                small = False
             if dev is None:
                 dev, dt0 = a._dev, a._dtype
             elif a._dtype is not dt0 or a._dev is not dev:
@@ -174,14 +177,18 @@ def apply(op, args, params):
                                    (op.promote is FLOAT and not dt0.is_floating_point)):
         promoted = _promote(op, args, [a for a in args if isinstance(a, Tensor)], dev)
         if promoted is not args:
-            args, pending = promoted, True
+            args = promoted
+            arrays = [a._data if isinstance(a, Tensor) else a for a in args]
+            pending = any([type(d) is Pending for d in arrays])
     gpu = dev.type != "cpu"
     # ----- compute: record a fusible op in the pending DAG (_lazy.py), or run it now -----
-    fuse = op.fuse is not None and _lazy.ENABLED and not nb and not params
-    if pending:                    # a Pending input, or inputs recast: gather the arrays again
-        arrays = ([a._data if isinstance(a, Tensor) else a for a in args]
-                  if (fuse or op.takes_pending) else
-                  [a._array() if isinstance(a, Tensor) else a for a in args])
+    fusible = op.fuse is not None and _lazy.ENABLED and not nb and not params
+    # On the CPU, outside a profile, an op on small arrays in memory runs now: the plan would
+    # make the same NumPy call, and a tiny call (host-bound) does not pay for a DAG. A profile
+    # records the DAG, so its records are the GPU's kernels.
+    fuse = fusible and (gpu or pending or not small or bool(_profiler.ACTIVE))
+    if pending and not (fuse or op.takes_pending):
+        arrays = [a._array() if isinstance(a, Tensor) else a for a in args]
     token = None
     try:
         if fuse:
@@ -196,7 +203,7 @@ def apply(op, args, params):
             if out is None:
                 if _profiler.ACTIVE:
                     token = _profiler.start(dev)
-                if op.elementwise and _lazy.ENABLED and not nb:
+                if op.elementwise and _lazy.ENABLED and not nb and not fusible:
                     _log.fallback(op, "params" if params else "no CUDA expression")
                 if nb:
                     out = _batched(op, args, arrays, params, dev)
