@@ -177,7 +177,7 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
             _accumulate(found, r, g)
     order, needed = _toposort(root_nodes, targets)
 
-    with _mode.set_grad_enabled(create_graph), _device.scope(grads[0]._dev if grads else CPU):
+    with _mode.set_grad_enabled(create_graph), _device.compute(grads[0]._dev if grads else CPU):
         for node in order:
             entry = pending.pop(id(node), None)
             if entry is None:

@@ -200,7 +200,8 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
         outputs = func(*inputs)
         is_outputs_tuple, outputs = _as_tuple(
             outputs, "outputs of the user-provided function", "vjp")
-        _check_requires_grad(outputs, strict)
+        if strict:
+            _check_requires_grad(outputs, strict)
         if v is not None:
             _, v = _as_tuple(v, "v", "vjp")
             if create_graph:          # without, the sweep records nothing: v is used as is
@@ -211,9 +212,9 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
                                "returns a single Tensor with a single element.")
     # without create_graph the sweep runs in the caller's grad mode, as in PyTorch
     with _mode.enable_grad() if create_graph else _NO_CHANGE:
+        # grad materialises the outputs with the gradients (one kernel a shape)
         grads = _autograd_grad(outputs, inputs, v, create_graph)
         result = _fill_in_zeros(grads, inputs, strict, create_graph)
-    _lazy.force((outputs, result))      # outputs and gradients of one shape: one kernel
     return (_unpack(_grad_postprocess(outputs, create_graph), is_outputs_tuple),
             _unpack(result, is_inputs_tuple))
 

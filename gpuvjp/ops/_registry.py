@@ -32,7 +32,7 @@ class Op:
     __slots__ = ("name", "impl", "gpu", "vjps", "saves_ans", "saves_inputs", "promote", "twin",
                  "family", "kernel", "kernel_fn", "differentiable", "out_dtype", "moves_device",
                  "takes_pending", "elementwise", "batch_rule", "jvp", "fuse",
-                 "bool_error")
+                 "bool_error", "ufunc")
 
     def __init__(self, name, impl, *, promote=SAME, saves_ans=True, saves_inputs=True,
                  differentiable=True, out_dtype=None, elementwise=False):
@@ -56,6 +56,7 @@ class Op:
         self.jvp = None                       # forward-mode rule, see defjvp
         self.fuse = None                      # _kernels.Expr: recorded in fused plans
         self.bool_error = None                # PyTorch's message for bool operands (neg, sub)
+        self.ufunc = None                     # impl's NumPy ufunc: the CPU calls it directly
 
     def __repr__(self):
         return f"<op {self.name}>"
@@ -96,6 +97,7 @@ def defop(name, impl, *, override=False, **kw):
         impl = _ufunc_impl(impl)
         kw.setdefault("elementwise", True)
     op = Op(name, impl, **kw)
+    op.ufunc = ufunc
     if op.elementwise:
         op.fuse = _kernels.expr_for(name, ufunc)
     REGISTRY[name] = op
@@ -207,14 +209,17 @@ def apply(op, args, params):
                     _log.fallback(op, "params" if params else "no CUDA expression")
                 if nb:
                     out = _batched(op, args, arrays, params, dev)
-                elif not gpu:
-                    with _device.compute(dev):         # nan and inf propagate, as PyTorch
-                        out = op.impl(np, *arrays, **params)
-                    if type(out) is not np.ndarray and not op.moves_device:
-                        out = np.asarray(out)
                 else:
-                    with _device.compute(dev):
-                        out = (op.gpu or op.impl)(_device.cupy_module(), *arrays, **params)
+                    xp, impl = (_device.cupy_module(), op.gpu or op.impl) if gpu else (np, op.impl)
+                    if _device._CURRENT.dev is not dev:     # outside a functional's scope
+                        with _device.scope(dev):            # nan and inf propagate, as PyTorch
+                            out = impl(xp, *arrays, **params)
+                    elif op.ufunc is not None and not gpu:
+                        out = op.ufunc(*arrays)             # what impl calls, one call fewer
+                    else:
+                        out = impl(xp, *arrays, **params)
+                    if not gpu and type(out) is not np.ndarray and not op.moves_device:
+                        out = np.asarray(out)
                 if token is not None:
                     _profiler.op_launch(op, arrays, out, token)
     except (ValueError, TypeError) as exc:

@@ -26,7 +26,10 @@ def _acc_dtype(a):
 
 def _sum_impl(xp, x, dim, keepdim):
     acc = _acc_dtype(x)
-    out = x.sum(axis=dim, keepdims=keepdim, dtype=acc)      # the method: no dispatch layer
+    if xp is np:                      # the ufunc's reduce, which ndarray.sum calls from Python
+        out = np.add.reduce(x, axis=dim, dtype=acc, keepdims=keepdim)
+    else:
+        out = x.sum(axis=dim, keepdims=keepdim, dtype=acc)  # the method: no dispatch layer
     if acc is np.float32:                                    # float16, accumulated in float32
         out = out.astype(np.float16)
     return out
