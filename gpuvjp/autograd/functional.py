@@ -10,7 +10,7 @@ import os
 
 from .. import _device, _lazy
 from .._tensor import Tensor
-from . import _mode, forward_ad, grad
+from . import _grad, _mode, _seed_grads, forward_ad, grad
 from ._graph import Node
 
 __all__ = ["vjp", "jvp", "jacobian", "hessian", "vhp", "hvp"]
@@ -141,8 +141,10 @@ def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=Non
         if not pairs:
             return (None,) * len(inputs)
         outs, gs = zip(*pairs)
-    return grad(outs, inputs, gs, retain_graph=retain_graph, create_graph=create_graph,
-                allow_unused=True)
+    # grad past its argument checks: the outputs require grad, the inputs are our own copies
+    # that do (or tensors made to), and v was checked against the outputs
+    return _grad(outs, inputs, _seed_grads(outs, gs, create_graph),
+                 create_graph if retain_graph is None else retain_graph, create_graph)
 
 
 # Which backward pass produced a None, for the strict-mode message.
