@@ -121,6 +121,8 @@ def fused(name, family, in_params, out_params, twin, public=None, **kw):
 
     op = defop(public or name, impl, elementwise=True, **kw)
     op.twin = twin
+    if isinstance(twin, np.ufunc):          # exp: the CPU calls NumPy's ufunc directly
+        op.ufunc = twin
     op.family = family
     op.kernel = (in_params, out_params)
     op.kernel_fn = name
