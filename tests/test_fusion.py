@@ -143,6 +143,20 @@ def test_a_shared_subexpression_is_computed_once(rng):
     assert len(plan.leaves) == 1
 
 
+def test_small_cpu_ops_run_at_once_outside_a_profile_and_record_their_dag_inside(rng):
+    x = gv.tensor(rng.uniform(0.5, 2.0, (3, 4)))
+    y = (x * 2.0).exp()
+    assert type(y._data) is np.ndarray                 # no DAG: the NumPy calls ran
+    with gv.profiler.profile() as prof:
+        z = (x * 2.0).exp()
+        assert type(z._data) is _lazy.Pending          # the plan the GPU would run
+        z.numpy()
+    assert prof.launches == 1 and prof.kernels[0].ops == ("mul", "exp")
+    np.testing.assert_array_equal(y.numpy(), z.numpy())
+    big = gv.tensor(np.ones(_lazy.EAGER_SIZE + 1))
+    assert type((big * 2.0)._data) is _lazy.Pending   # large arrays fuse outside a profile
+
+
 # ----- the plan's cache key -----------------------------------------------------------------
 def test_the_kernel_name_depends_on_structure_and_dtypes_not_shapes_or_values(rng):
     def name(shape, dtype, c, fn=lambda t, c: (t * c).tanh() + t):
