@@ -216,7 +216,7 @@ def apply(op, args, params):
                     if _device._CURRENT.dev is not dev:     # outside a functional's scope
                         with _device.scope(dev):            # nan and inf propagate, as PyTorch
                             out = impl(xp, *arrays, **params)
-                    elif op.ufunc is not None and not gpu:
+                    elif op.ufunc is not None and not gpu and not params:
                         out = op.ufunc(*arrays)             # what impl calls, one call fewer
                     else:
                         out = impl(xp, *arrays, **params)
