@@ -32,7 +32,7 @@ class Op:
     __slots__ = ("name", "impl", "gpu", "vjps", "saves_ans", "saves_inputs", "promote", "twin",
                  "family", "kernel", "kernel_fn", "differentiable", "out_dtype", "moves_device",
                  "takes_pending", "elementwise", "batch_rule", "jvp", "fuse",
-                 "bool_error", "ufunc")
+                 "bool_error", "np_fn")
 
     def __init__(self, name, impl, *, promote=SAME, saves_ans=True, saves_inputs=True,
                  differentiable=True, out_dtype=None, elementwise=False):
@@ -56,7 +56,7 @@ class Op:
         self.jvp = None                       # forward-mode rule, see defjvp
         self.fuse = None                      # _kernels.Expr: recorded in fused plans
         self.bool_error = None                # PyTorch's message for bool operands (neg, sub)
-        self.ufunc = None                     # impl's NumPy ufunc: the CPU calls it directly
+        self.np_fn = None                     # impl on NumPy arrays alone (a ufunc, a twin)
 
     def __repr__(self):
         return f"<op {self.name}>"
@@ -97,7 +97,7 @@ def defop(name, impl, *, override=False, **kw):
         impl = _ufunc_impl(impl)
         kw.setdefault("elementwise", True)
     op = Op(name, impl, **kw)
-    op.ufunc = ufunc
+    op.np_fn = ufunc
     if op.elementwise:
         op.fuse = _kernels.expr_for(name, ufunc)
     REGISTRY[name] = op
@@ -121,8 +121,7 @@ def fused(name, family, in_params, out_params, twin, public=None, **kw):
 
     op = defop(public or name, impl, elementwise=True, **kw)
     op.twin = twin
-    if isinstance(twin, np.ufunc):          # exp: the CPU calls NumPy's ufunc directly
-        op.ufunc = twin
+    op.np_fn = twin                         # what impl calls on the CPU
     op.family = family
     op.kernel = (in_params, out_params)
     op.kernel_fn = name
@@ -216,8 +215,8 @@ def apply(op, args, params):
                     if _device._CURRENT.dev is not dev:     # outside a functional's scope
                         with _device.scope(dev):            # nan and inf propagate, as PyTorch
                             out = impl(xp, *arrays, **params)
-                    elif op.ufunc is not None and not gpu and not params:
-                        out = op.ufunc(*arrays)             # what impl calls, one call fewer
+                    elif op.np_fn is not None and not gpu and not params:
+                        out = op.np_fn(*arrays)             # what impl calls, one call fewer
                     else:
                         out = impl(xp, *arrays, **params)
                     if not gpu and type(out) is not np.ndarray and not op.moves_device:
