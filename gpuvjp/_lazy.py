@@ -25,10 +25,13 @@ something above materialised it; the backward then reads it instead.
 
 Materialisation takes one lock, so a Pending read from several threads is computed once.
 
-On the CPU, a DAG under 2 * `_plan.CHUNK` elements is computed without building its Plan
-(`_direct`) unless a profile is open: the same NumPy calls in the same dependency order, so
-the values are the plan's, and a tiny call (host-bound) does not pay for a plan it would run
-once. Under `gv.profiler` the Plan is always built, so the records are the GPU's kernels.
+On the CPU, outside a profile, small arrays skip the DAG: `apply` runs an op at once when
+each of its arrays is in memory and has at most EAGER_SIZE elements (the NumPy call the plan
+would make, so the values are the plan's), and a pending DAG of at most EAGER_SIZE elements
+(one recorded under a profile, or fed by a large one) is computed without building its Plan
+(`_direct`): the same NumPy calls in the same dependency order. A tiny call (host-bound) pays
+for no DAG and no plan. Under `gv.profiler` every fusible op is recorded and the Plan is always
+built, so the records are the GPU's kernels.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ from . import _device
 __all__ = ["Pending", "ENABLED", "MAX_DEPTH", "record", "force", "reduce", "reduce_now"]
 
 ENABLED = os.environ.get("GPUVJP_FUSION", "1").strip().lower() not in ("0", "false", "off", "no")
+
+# Arrays of at most this many elements skip the DAG on the CPU outside a profile (2 * CHUNK:
+# under it the plan's evaluation runs unblocked anyway, see _plan.py).
+EAGER_SIZE = 1 << 16
 
 # Deepest DAG one kernel computes. W2's fused backward (16 ops and their rules) is ~40 deep.
 MAX_DEPTH = 64
@@ -199,10 +206,10 @@ def force_pending(pendings):
 
 
 def _small_on_cpu(p):
-    """A DAG the CPU computes without building its plan: under 2 * CHUNK elements the plan's
+    """A DAG the CPU computes without building its plan: under EAGER_SIZE elements the plan's
     evaluation runs unblocked anyway, and building it costs more than running it."""
     return (p.dev.type == "cpu" and not _profiler.ACTIVE and not _trace.ON
-            and p.size <= 2 * _plan.CHUNK)
+            and p.size <= EAGER_SIZE)
 
 
 def _direct(group):

@@ -373,7 +373,7 @@ _PLAIN = (Tensor, bool, int, float)     # operands used as they are (exact types
 
 
 def _binary(fn_name, reflected=False):
-    fn = []                             # ops.<fn_name>, looked up on first use: ops import us
+    fn = []                     # (apply's module, the op), looked up on first use: ops import us
 
     def method(self, other):
         if type(other) not in _PLAIN:
@@ -381,11 +381,22 @@ def _binary(fn_name, reflected=False):
             if other is NotImplemented:
                 return NotImplemented
         if not fn:
-            from . import ops
-            fn.append(getattr(ops, fn_name))
-        return fn[0](other, self) if reflected else fn[0](self, other)
+            fn.extend(_operator(fn_name))
+        if fn[1] is None:       # a function of its own (checks, or a composite)
+            return fn[0](other, self) if reflected else fn[0](self, other)
+        return fn[0].apply(fn[1], (other, self) if reflected else (self, other), {})
     method.__name__ = fn_name
     return method
+
+
+def _operator(fn_name):
+    """(ops._registry, the Op) where the operator is the Op itself (add and sub: alpha is 1),
+    so a call goes straight to apply; (the ops function, None) otherwise."""
+    from . import ops
+    from .ops import _registry
+    fn = getattr(ops, fn_name)
+    op = _registry.REGISTRY.get(fn_name) if fn_name in ("add", "sub") else fn
+    return (_registry, op) if isinstance(op, _registry.Op) else (fn, None)
 
 
 for _name, _fn in (("add", "add"), ("sub", "sub"), ("mul", "mul"), ("truediv", "div"),

@@ -246,7 +246,7 @@ def gpu_name():
     return name.decode() if isinstance(name, bytes) else name
 
 
-def table(rows, n, devices):
+def table(rows, n, devices, load):
     lines = [
         "# Per-call host cost: W4, one vjp call, median of interleaved calls",
         "",
@@ -256,7 +256,8 @@ def table(rows, n, devices):
         f"- versions: gpuvjp {getattr(gv, '__version__', '?')}, numpy {np.__version__}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} thread)",
         f"- host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-        + (f"; cuda: {gpu_name()}" if "cuda" in devices else ""),
+        + (f"; cuda: {gpu_name()}" if "cuda" in devices else "")
+        + f"; load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after",
         f"- fusion: {'on' if _lazy.ENABLED else 'off (GPUVJP_FUSION=0)'}",
         "- ratio = gpuvjp median / torch median (target <= 0.5); gv.compile ratio = replayed "
         "gv.compile median / torch median (target <= 0.2 on the CPU); host launch = empty CuPy "
@@ -288,8 +289,9 @@ def main(argv=None):
         if args.device == "cuda":
             sys.exit("no CUDA GPU visible to CuPy")
         devices.remove("cuda")
+    load = os.getloadavg()              # other jobs on the host inflate both libraries' times
     rows = [r for d in devices for r in run_device(d, args.calls)]
-    text = table(rows, args.calls, devices)
+    text = table(rows, args.calls, devices, load)
     print(text)
     if args.out:
         with open(args.out, "w") as f:

@@ -135,23 +135,39 @@ def test_materialising_several_results_of_one_shape_is_one_kernel(rng):
 
 def test_a_shared_subexpression_is_computed_once(rng):
     x = gv.tensor(rng.standard_normal(7))
-    s = x.exp()
-    y = s * s + s.sin()
+    with gv.profiler.profile():             # small CPU arrays record their DAG in a profile
+        s = x.exp()
+        y = s * s + s.sin()
     plan = _plan.build([y._data])
     assert plan.ops() == ["exp", "mul", "sin", "add"]
     assert len(plan.leaves) == 1
 
 
+def test_small_cpu_ops_run_at_once_outside_a_profile_and_record_their_dag_inside(rng):
+    x = gv.tensor(rng.uniform(0.5, 2.0, (3, 4)))
+    y = (x * 2.0).exp()
+    assert type(y._data) is np.ndarray                 # no DAG: the NumPy calls ran
+    with gv.profiler.profile() as prof:
+        z = (x * 2.0).exp()
+        assert type(z._data) is _lazy.Pending          # the plan the GPU would run
+        z.numpy()
+    assert prof.launches == 1 and prof.kernels[0].ops == ("mul", "exp")
+    np.testing.assert_array_equal(y.numpy(), z.numpy())
+    big = gv.tensor(np.ones(_lazy.EAGER_SIZE + 1))
+    assert type((big * 2.0)._data) is _lazy.Pending   # large arrays fuse outside a profile
+
+
 # ----- the plan's cache key -----------------------------------------------------------------
 def test_the_kernel_name_depends_on_structure_and_dtypes_not_shapes_or_values(rng):
-    def name(shape, dtype, c):
+    def name(shape, dtype, c, fn=lambda t, c: (t * c).tanh() + t):
         x = gv.tensor(rng.standard_normal(shape).astype(dtype))
-        return _plan.kernel_name(_plan.build([((x * c).tanh() + x)._data]))
+        with gv.profiler.profile():         # small CPU arrays record their DAG in a profile
+            y = fn(x, c)
+        return _plan.kernel_name(_plan.build([y._data]))
     a = name((3,), np.float64, 2.0)
     assert name((50, 4), np.float64, -7.5) == a
     assert name((3,), np.float32, 2.0) != a
-    x = gv.tensor(rng.standard_normal(3))
-    assert _plan.kernel_name(_plan.build([((x * 2.0).tanh() * x)._data])) != a
+    assert name((3,), np.float64, 2.0, lambda t, c: (t * c).tanh() * t) != a
 
 
 # ----- values: fused equals unfused -----------------------------------------------------------
@@ -188,7 +204,8 @@ def test_each_fusible_op_in_a_dag_equals_unfused(name, rng, unfused):
         pre = [a if a.dtype is not gv.float64 else (a * 1.5).sin() + 1.25 for a in args]
         y = op(*pre)
         return (y * 0.5 + y).numpy() if y.dtype is gv.float64 else y.numpy()
-    fused = program()
+    with gv.profiler.profile():             # the plan's evaluation (small arrays skip it outside)
+        fused = program()
     with unfused:
         plain = program()
     np.testing.assert_array_equal(fused, plain)
@@ -200,7 +217,8 @@ def test_create_graph_results_equal_the_unfused_path(rng, unfused):
     def run():
         x = gv.tensor(x0)
         return gv.autograd.functional.hessian(lambda t: _chain(t, 16).sum(), x).numpy()
-    fused = run()
+    with gv.profiler.profile():             # the plan's evaluation (small arrays skip it outside)
+        fused = run()
     with unfused:
         plain = run()
     np.testing.assert_array_equal(fused, plain)
@@ -214,7 +232,8 @@ def test_fused_backward_values_equal_unfused(dtype, rng, unfused):
     def run():
         return [a.numpy() for a in gv.vjp(lambda t: _chain(t, 16), gv.tensor(x0),
                                            gv.tensor(v0))]
-    fused = run()
+    with gv.profiler.profile():             # the plan's evaluation (small arrays skip it outside)
+        fused = run()
     with unfused:
         plain = run()
     for a, b in zip(fused, plain):
@@ -260,12 +279,14 @@ def test_a_pending_tensor_read_from_two_threads_is_computed_once(rng):
 def test_the_size_cap_splits_a_long_chain(rng):
     x = gv.tensor(rng.standard_normal(10))
     y = x
-    for _ in range(3 * _lazy.MAX_DEPTH):
-        y = (y * 0.5).sin()
+    with gv.profiler.profile():        # small CPU arrays record their DAG in a profile
+        for _ in range(3 * _lazy.MAX_DEPTH):
+            y = (y * 0.5).sin()
     with gv.profiler.profile() as prof:
         y.numpy()
+        z = y * 1.0
     assert prof.launches == 1          # the earlier segments ran when the cap was hit
-    assert y._data is not None and len(_plan.build([(y * 1.0)._data]).nodes) == 1
+    assert y._data is not None and len(_plan.build([z._data]).nodes) == 1
     want = x.numpy()
     for _ in range(3 * _lazy.MAX_DEPTH):
         want = np.sin(want * 0.5)

@@ -97,9 +97,17 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     grads = _seed_grads(outputs, grad_outputs, create_graph)
     if retain_graph is None:
         retain_graph = create_graph
-    keys = [id(_key(t)) for t in inputs]
-    found = run_backward([_key(o) for o in outputs], grads, set(keys), retain_graph,
-                         create_graph)
+    return _grad(outputs, inputs, grads, retain_graph, create_graph, allow_unused,
+                 materialize_grads)
+
+
+def _grad(outputs, inputs, grads, retain_graph, create_graph, allow_unused=True,
+          materialize_grads=False):
+    """autograd.grad past its argument checks: `outputs` require grad, `grads` are their
+    seeds (_seed_grads), `inputs` require grad."""
+    keys = [id(t if t._node is None else t._node) for t in inputs]     # as _key
+    found = run_backward([o if o._node is None else o._node for o in outputs], grads,
+                         set(keys), retain_graph, create_graph, leaves=True)
     result = []
     for i, t in enumerate(inputs):
         g = found.get(keys[i])
@@ -111,8 +119,8 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
                 raise RuntimeError(
                     f"The differentiated Tensor at index {i} appears to not have been used in "
                     "the graph. Set allow_unused=True if this is the desired behavior.")
-        elif not create_graph:
-            g = g.detach()
+        else:
+            g = g[1] if create_graph else g[1].detach()
         result.append(g)
     # gradients handed back are in memory; the outputs (vjp hands them back too) join them,
     # so results of one shape are written by one kernel

@@ -109,6 +109,9 @@ class Meta:
         self._batch = full[0] if nb else 0
 
 
+_NEW = object()                 # _toposort: a node not reached yet
+
+
 def _toposort(roots, targets):
     """Nodes reachable from `roots` that lie on a path to a wanted gradient, in reverse
     topological order (each node before every node it feeds), and for every node reached
@@ -117,23 +120,24 @@ def _toposort(roots, targets):
     `targets` is None for Tensor.backward (every leaf that requires grad is wanted) or a set
     of ids of the leaves and nodes whose gradients autograd.grad asked for.
     """
-    # Iterative post-order DFS: a node is finished (its `needed` entry set) once every node
-    # it feeds from has been; `needed` marks nodes with a path to a wanted gradient.
-    order, needed, expanded = [], {}, set()
+    # Iterative post-order DFS: a node is finished (its `needed` entry a bool) once every node
+    # it feeds from has been; `needed` marks nodes with a path to a wanted gradient, and holds
+    # None for a node expanded but not finished.
+    order, needed = [], {}
     stack = list(roots)
     while stack:
         node = stack[-1]
         nid = id(node)
-        if nid in needed:                  # reached twice: finished the first time
-            stack.pop()
-            continue
-        if nid not in expanded:
-            expanded.add(nid)
+        state = needed.get(nid, _NEW)
+        if state is _NEW:
+            needed[nid] = None
             for e in node.edges:
-                if type(e) is Node and id(e) not in expanded:
+                if type(e) is Node and id(e) not in needed:
                     stack.append(e)
             continue
         stack.pop()
+        if state is not None:              # reached twice: finished the first time
+            continue
         want = targets is None or nid in targets
         if not want:
             for e in node.edges:
@@ -184,7 +188,7 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
             _accumulate(found, r, g)
     order, needed = _toposort(root_nodes, targets)
 
-    with _mode.set_grad_enabled(create_graph), _device.scope(grads[0]._dev if grads else CPU):
+    with _mode.set_grad_enabled(create_graph), _device.compute(grads[0]._dev if grads else CPU):
         for node in order:
             entry = pending.pop(id(node), None)
             if entry is None:

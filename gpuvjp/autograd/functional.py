@@ -10,7 +10,7 @@ import os
 
 from .. import _device, _lazy
 from .._tensor import Tensor
-from . import _mode, forward_ad, grad
+from . import _grad, _mode, _seed_grads, forward_ad, grad
 from ._graph import Node
 
 __all__ = ["vjp", "jvp", "jacobian", "hessian", "vhp", "hvp"]
@@ -141,8 +141,10 @@ def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=Non
         if not pairs:
             return (None,) * len(inputs)
         outs, gs = zip(*pairs)
-    return grad(outs, inputs, gs, retain_graph=retain_graph, create_graph=create_graph,
-                allow_unused=True)
+    # grad past its argument checks: the outputs require grad, the inputs are our own copies
+    # that do (or tensors made to), and v was checked against the outputs
+    return _grad(outs, inputs, _seed_grads(outs, gs, create_graph),
+                 create_graph if retain_graph is None else retain_graph, create_graph)
 
 
 # Which backward pass produced a None, for the strict-mode message.
@@ -200,7 +202,8 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
         outputs = func(*inputs)
         is_outputs_tuple, outputs = _as_tuple(
             outputs, "outputs of the user-provided function", "vjp")
-        _check_requires_grad(outputs, strict)
+        if strict:
+            _check_requires_grad(outputs, strict)
         if v is not None:
             _, v = _as_tuple(v, "v", "vjp")
             if create_graph:          # without, the sweep records nothing: v is used as is
@@ -211,9 +214,9 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
                                "returns a single Tensor with a single element.")
     # without create_graph the sweep runs in the caller's grad mode, as in PyTorch
     with _mode.enable_grad() if create_graph else _NO_CHANGE:
+        # grad materialises the outputs with the gradients (one kernel a shape)
         grads = _autograd_grad(outputs, inputs, v, create_graph)
         result = _fill_in_zeros(grads, inputs, strict, create_graph)
-    _lazy.force((outputs, result))      # outputs and gradients of one shape: one kernel
     return (_unpack(_grad_postprocess(outputs, create_graph), is_outputs_tuple),
             _unpack(result, is_inputs_tuple))
 

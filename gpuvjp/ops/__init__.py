@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .._tensor import Tensor
 from . import batching, shape  # noqa: F401  (batching registers the batch rules)
-from ._registry import KEEP, REGISTRY, defop, defvjp
+from . import _registry
+from ._registry import KEEP, REGISTRY, Op, defop, defvjp
 from .binary import (add, clamp, clip, div, eq, ge, gt, le, logical_and, logical_not,
                      logical_or, logical_xor, lt, maximum, minimum, mul, ne, pow, sub, where)
 from .linalg import bmm, dot, einsum, matmul, mm, mv, outer
@@ -95,8 +96,12 @@ TENSOR_ONLY = dict(repeat=repeat, **{n: _creation_method(n) for n in (
 
 
 def _bind(name, fn):
-    def method(self, *args, **kwargs):
-        return fn(self, *args, **kwargs)
+    if isinstance(fn, Op):                 # straight to apply: one call fewer per op
+        def method(self, *args, **params):
+            return _registry.apply(fn, (self, *args), params)
+    else:
+        def method(self, *args, **kwargs):
+            return fn(self, *args, **kwargs)
     method.__name__ = name
     method.__doc__ = f"Same as `torch.Tensor.{name}`."
     return method

@@ -100,9 +100,12 @@ def elementwise_caller(family, fn, in_params, out_params, twin=None):
     if twin is not None:
         _register_elementwise(fn, in_params, twin)
 
+    kernels = {}               # float16 or not -> the kernel: no cache key hashed per call
+
     def call(xp, *arrays):
-        ref = next(a for a in arrays if hasattr(a, "dtype"))
-        half = ref.dtype == "float16"
+        ref = arrays[0] if hasattr(arrays[0], "dtype") else \
+            next(a for a in arrays if hasattr(a, "dtype"))
+        half = ref.dtype.char == "e"                     # float16 (no dtype parsed from text)
         if len(arrays) > 1:    # python scalars take the arrays' type, as NumPy's weak scalars
             arrays = [a if hasattr(a, "dtype") else ref.dtype.type(a) for a in arrays]
         if os.environ.get("GPUVJP_ROW_KERNELS") == "1":    # a row broadcast: gpuvjp/ops/_rows.py
@@ -110,7 +113,9 @@ def elementwise_caller(family, fn, in_params, out_params, twin=None):
             out = _rows.rowcast(xp, family, fn, in_params, out_params, arrays)
             if out is not None:
                 return out
-        kernel = elementwise(family, fn, in_params, out_params, half)
+        kernel = kernels.get(half)
+        if kernel is None:
+            kernel = kernels[half] = elementwise(family, fn, in_params, out_params, half)
         return _launch(kernel, family, fn, *arrays)
     call.__name__ = f"gv_{fn}"
     return call
@@ -447,6 +452,11 @@ def _call_logged(kern, name, *args, **kwargs):
     return out
 
 
+def _on(dev):
+    """`dev` made CuPy's current device, unless a functional's scope already did."""
+    return _device.use(dev) if _device._CURRENT.dev is not dev else _device._NULL
+
+
 def run_plan(plan, name, dev):
     """The plan's outputs on `dev` (a list of CuPy arrays), one launch."""
     if os.environ.get("GPUVJP_ROW_KERNELS") == "1":      # row operands: gpuvjp/ops/_rows.py
@@ -454,8 +464,7 @@ def run_plan(plan, name, dev):
         outs = _rows.run_plan(plan, name, dev)
         if outs is not None:
             return outs
-    cupy = _device.cupy_library()
-    with cupy.cuda.Device(dev.index):
+    with _on(dev):
         out = _call_logged(plan_kernel(plan, name), name, *_kernel_args(plan))
     return list(out) if isinstance(out, tuple) else [out]
 
@@ -500,8 +509,7 @@ def plan_reduction_kernel(plan, name, op):
 
 def reduce_plan(plan, name, op, params, dev):
     """sum(plan's output, dim) in one launch: the plan is the reduction's map expression."""
-    cupy = _device.cupy_library()
     kern = plan_reduction_kernel(plan, name, op)
-    with cupy.cuda.Device(dev.index):
+    with _on(dev):
         return _call_logged(kern, name, *_kernel_args(plan, True), axis=params["dim"],
                             keepdims=params["keepdim"])

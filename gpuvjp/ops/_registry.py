@@ -134,7 +134,7 @@ class Op:
     __slots__ = ("name", "impl", "gpu", "vjps", "saves_ans", "saves_inputs", "promote", "twin",
                  "family", "kernel", "kernel_fn", "differentiable", "out_dtype", "moves_device",
                  "takes_pending", "elementwise", "batch_rule", "jvp", "fuse",
-                 "bool_error", "torch_name")
+                 "bool_error", "torch_name", "np_fn")
 
     def __init__(self, name, impl, *, promote=SAME, saves_ans=True, saves_inputs=True,
                  differentiable=True, out_dtype=None, elementwise=False):
@@ -160,6 +160,7 @@ class Op:
         self.bool_error = None                # PyTorch's message for bool operands (neg, sub)
         # the grad_fn name: a str, or a function of the Node (see TORCH_NAMES)
         self.torch_name = TORCH_NAMES.get(name) or default_torch_name(name)
+        self.np_fn = None                     # impl on NumPy arrays alone (a ufunc, a twin)
 
     def __repr__(self):
         return f"<op {self.name}>"
@@ -200,6 +201,7 @@ def defop(name, impl, *, override=False, **kw):
         impl = _ufunc_impl(impl)
         kw.setdefault("elementwise", True)
     op = Op(name, impl, **kw)
+    op.np_fn = ufunc
     if op.elementwise:
         op.fuse = _kernels.expr_for(name, ufunc)
     REGISTRY[name] = op
@@ -223,6 +225,7 @@ def fused(name, family, in_params, out_params, twin, public=None, **kw):
 
     op = defop(public or name, impl, elementwise=True, **kw)
     op.twin = twin
+    op.np_fn = twin                         # what impl calls on the CPU
     op.family = family
     op.kernel = (in_params, out_params)
     op.kernel_fn = name
@@ -244,12 +247,15 @@ def apply(op, args, params):
     kind = -1                     # highest category of the Python scalars (bool < int < float)
     arrays = []                   # the arguments with each tensor's backing array
     pending = False               # some array is still a Pending expression
+    small = True                  # every array has at most _lazy.EAGER_SIZE elements
     for a in args:
         if isinstance(a, Tensor):
             d = a._data
             arrays.append(d)
             if type(d) is Pending:
                 pending = True
+            elif d.size > _lazy.EAGER_SIZE:
+                small = False
             if dev is None:
                 dev, dt0 = a._dev, a._dtype
             elif a._dtype is not dt0 or a._dev is not dev:
@@ -278,14 +284,18 @@ def apply(op, args, params):
                                    (op.promote is FLOAT and not dt0.is_floating_point)):
         promoted = _promote(op, args, [a for a in args if isinstance(a, Tensor)], dev)
         if promoted is not args:
-            args, pending = promoted, True
+            args = promoted
+            arrays = [a._data if isinstance(a, Tensor) else a for a in args]
+            pending = any([type(d) is Pending for d in arrays])
     gpu = dev.type != "cpu"
     # ----- compute: record a fusible op in the pending DAG (_lazy.py), or run it now -----
-    fuse = op.fuse is not None and _lazy.ENABLED and not nb and not params
-    if pending:                    # a Pending input, or inputs recast: gather the arrays again
-        arrays = ([a._data if isinstance(a, Tensor) else a for a in args]
-                  if (fuse or op.takes_pending) else
-                  [a._array() if isinstance(a, Tensor) else a for a in args])
+    fusible = op.fuse is not None and _lazy.ENABLED and not nb and not params
+    # On the CPU, outside a profile, an op on small arrays in memory runs now: the plan would
+    # make the same NumPy call, and a tiny call (host-bound) does not pay for a DAG. A profile
+    # records the DAG, so its records are the GPU's kernels.
+    fuse = fusible and (gpu or pending or not small or bool(_profiler.ACTIVE))
+    if pending and not (fuse or op.takes_pending):
+        arrays = [a._array() if isinstance(a, Tensor) else a for a in args]
     token = None
     try:
         if fuse:
@@ -300,18 +310,21 @@ def apply(op, args, params):
             if out is None:
                 if _profiler.ACTIVE:
                     token = _profiler.start(dev)
-                if op.elementwise and _lazy.ENABLED and not nb:
+                if op.elementwise and _lazy.ENABLED and not nb and not fusible:
                     _log.fallback(op, "params" if params else "no CUDA expression")
                 if nb:
                     out = _batched(op, args, arrays, params, dev)
-                elif not gpu:
-                    with _device.compute(dev):         # nan and inf propagate, as PyTorch
-                        out = op.impl(np, *arrays, **params)
-                    if type(out) is not np.ndarray and not op.moves_device:
-                        out = np.asarray(out)
                 else:
-                    with _device.compute(dev):
-                        out = (op.gpu or op.impl)(_device.cupy_module(), *arrays, **params)
+                    xp, impl = (_device.cupy_module(), op.gpu or op.impl) if gpu else (np, op.impl)
+                    if _device._CURRENT.dev is not dev:     # outside a functional's scope
+                        with _device.scope(dev):            # nan and inf propagate, as PyTorch
+                            out = impl(xp, *arrays, **params)
+                    elif op.np_fn is not None and not gpu and not params:
+                        out = op.np_fn(*arrays)             # what impl calls, one call fewer
+                    else:
+                        out = impl(xp, *arrays, **params)
+                    if not gpu and type(out) is not np.ndarray and not op.moves_device:
+                        out = np.asarray(out)
                 if _trace.ON:
                     _trace.op(op, args, arrays, params, dev, out)
                 if token is not None:

@@ -26,7 +26,10 @@ def _acc_dtype(a):
 
 def _sum_impl(xp, x, dim, keepdim):
     acc = _acc_dtype(x)
-    out = x.sum(axis=dim, keepdims=keepdim, dtype=acc)      # the method: no dispatch layer
+    if xp is np:                      # the ufunc's reduce, which ndarray.sum calls from Python
+        out = np.add.reduce(x, axis=dim, dtype=acc, keepdims=keepdim)
+    else:
+        out = x.sum(axis=dim, keepdims=keepdim, dtype=acc)  # the method: no dispatch layer
     if acc is np.float32:                                    # float16, accumulated in float32
         out = out.astype(np.float16)
     return out
@@ -45,12 +48,40 @@ def keep(g, dims, keepdim, shape):
     return _shape.view_op(_shape.reshape_, g, kshape)
 
 
+def _spread(g, dims, keepdim, shape):
+    """g broadcast back over the reduced `dims` to `shape` as ONE read-only view of g's memory
+    (keep's reshape and the graph's expand in one step), for a g that records nothing."""
+    a = g._array()
+    if type(a) is np.ndarray and a.flags.c_contiguous and a.size:
+        strides, given = [], iter(a.strides)
+        for i in range(len(shape)):
+            if i not in dims:
+                strides.append(next(given))
+            else:
+                strides.append(0)
+                if keepdim:
+                    next(given)                     # the reduced dim kept with size 1
+        out = np.ndarray(shape, a.dtype, a, 0, tuple(strides))
+        out.flags.writeable = False
+    else:
+        kshape = tuple([1 if i in dims else s for i, s in enumerate(shape)])
+        xp = np if type(a) is np.ndarray else _device.cupy_module()
+        out = _shape._broadcast(xp, a.reshape(kshape), shape)
+    return type(g)._make(out, g._dev, g._dtype, None)
+
+
 # ----- sum -------------------------------------------------------------------------------------
 # y = sum(x, dims); the gradient is g broadcast back over the reduced dims (a view, no copy)
+def sum_vjp(g, ans, x, dim, keepdim):
+    if dim and not _shape._records(g):        # a first-order sweep: one view, no op
+        return _spread(g, dim, keepdim, x.shape)
+    return keep(g, dim, keepdim, x.shape)
+
+
 sum_op = defop("sum", _sum_impl, promote=KEEP, saves_ans=False,
                saves_inputs=False)
 sum_op.takes_pending = True          # a pending DAG is its map expression (_lazy.reduce)
-defvjp(sum_op, lambda g, ans, x, dim, keepdim: keep(g, dim, keepdim, x.shape))
+defvjp(sum_op, sum_vjp)
 sum_op.gpu = _sum_gpu
 deflinear(sum_op)
 

@@ -47,6 +47,22 @@ def test_the_cotangent_of_a_reduced_input_is_a_view_of_v(device, applied):
     np.testing.assert_array_equal(g.cpu().numpy(), np.repeat([[1.0], [2], [3], [4]], 4, 1))
 
 
+@pytest.mark.parametrize("dim", [1, (0, 2), (-1,), (0, 1, 2)])
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_the_cotangent_of_a_sum_over_any_dims_is_one_view_of_v(dim, keepdim, device, applied):
+    a = np.random.default_rng(2).standard_normal((2, 3, 4))
+    x = gv.tensor(a, requires_grad=True).to(device)
+    out = x.sum(dim=dim, keepdim=keepdim)
+    v = gv.tensor(np.arange(1.0, 1.0 + out.numel()).reshape(out.shape), device=device)
+    del applied[:]
+    (g,) = gv.autograd.grad(out, x, v)
+    assert applied == []                                   # no reshape, no expand: one view
+    assert _ptr(g._array()) == _ptr(v._array())
+    t = torch.tensor(a, requires_grad=True)
+    (want,) = torch.autograd.grad(t.sum(dim=dim, keepdim=keepdim), t, torch.tensor(v.numpy()))
+    np.testing.assert_array_equal(g.cpu().numpy(), want.numpy())
+
+
 def _ptr(a):
     """The address of an array's first element (NumPy or CuPy)."""
     return a.data.ptr if hasattr(a.data, "ptr") else a.__array_interface__["data"][0]
