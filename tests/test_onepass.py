@@ -25,6 +25,13 @@ from tests.test_fusion import _chain
 pytestmark = pytest.mark.skipif(not _lazy.ENABLED, reason="GPUVJP_FUSION=0: fusion is off")
 
 
+@pytest.fixture(autouse=True)
+def small_dags(monkeypatch):
+    """Small CPU arrays record their DAG here as everywhere else: outside a profile apply runs
+    an op on small CPU arrays at once (_lazy.EAGER_SIZE), and these tests build small plans."""
+    monkeypatch.setattr(_lazy, "EAGER_SIZE", 0)
+
+
 @pytest.fixture
 def switch(monkeypatch):
     """run(on) sets GPUVJP_ROW_KERNELS for the calls that follow."""

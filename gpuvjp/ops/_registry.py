@@ -292,8 +292,8 @@ def apply(op, args, params):
     fusible = op.fuse is not None and _lazy.ENABLED and not nb and not params
     # On the CPU, outside a profile, an op on small arrays in memory runs now: the plan would
     # make the same NumPy call, and a tiny call (host-bound) does not pay for a DAG. A profile
-    # records the DAG, so its records are the GPU's kernels.
-    fuse = fusible and (gpu or pending or not small or bool(_profiler.ACTIVE))
+    # records the DAG, so its records are the GPU's kernels; so does a gv.compile trace.
+    fuse = fusible and (gpu or pending or not small or bool(_profiler.ACTIVE) or _trace.ON)
     if pending and not (fuse or op.takes_pending):
         arrays = [a._array() if isinstance(a, Tensor) else a for a in args]
     token = None

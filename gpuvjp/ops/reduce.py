@@ -52,6 +52,13 @@ def _spread(g, dims, keepdim, shape):
     """g broadcast back over the reduced `dims` to `shape` as ONE read-only view of g's memory
     (keep's reshape and the graph's expand in one step), for a g that records nothing."""
     a = g._array()
+    out = _spread_array(a, dims, keepdim, shape)
+    if _trace.ON:                                   # gv.compile replays the same view
+        _trace.call(_spread_array, (a, dims, keepdim, shape), {}, out)
+    return type(g)._make(out, g._dev, g._dtype, None)
+
+
+def _spread_array(a, dims, keepdim, shape):
     if type(a) is np.ndarray and a.flags.c_contiguous and a.size:
         strides, given = [], iter(a.strides)
         for i in range(len(shape)):
@@ -63,11 +70,10 @@ def _spread(g, dims, keepdim, shape):
                     next(given)                     # the reduced dim kept with size 1
         out = np.ndarray(shape, a.dtype, a, 0, tuple(strides))
         out.flags.writeable = False
-    else:
-        kshape = tuple([1 if i in dims else s for i, s in enumerate(shape)])
-        xp = np if type(a) is np.ndarray else _device.cupy_module()
-        out = _shape._broadcast(xp, a.reshape(kshape), shape)
-    return type(g)._make(out, g._dev, g._dtype, None)
+        return out
+    kshape = tuple([1 if i in dims else s for i, s in enumerate(shape)])
+    xp = np if type(a) is np.ndarray else _device.cupy_module()
+    return _shape._broadcast(xp, a.reshape(kshape), shape)
 
 
 # ----- sum -------------------------------------------------------------------------------------
