@@ -35,7 +35,8 @@ Invalidation. A host read of traced data (`item`, `bool` and an `if` on a tensor
 `tolist`, `float`, a NumPy conversion, an internal data-dependent branch), random numbers, a
 data-dependent shape (boolean-mask indexing), a custom `autograd.Function` (its own array
 code), a write to a tensor from outside `fn` (`.grad` by `backward()`, `requires_grad_()` on an
-argument) and outputs that carry a `grad_fn` (`create_graph=True`) make that signature run
+argument, a `.grad` assigned to one), a dual (forward-mode) argument, a closure tensor that is
+also an argument, and outputs that carry a `grad_fn` (`create_graph=True`) make that signature run
 eagerly from then on, with one warning naming the cause and the line of `fn`; `strict=True`
 raises instead.
 """
@@ -80,6 +81,9 @@ def _quiet_extobj():
 _EXTOBJ = _quiet_extobj()
 
 
+_CLOSED = object()    # what a replay of an entry evicted meanwhile returns
+
+
 class _Untraceable(Exception):
     """The record cannot be replayed; the message is the cause."""
 
@@ -102,9 +106,11 @@ def compile(fn=None, *, strict=False, cache_size=64):
     (found through tuples, lists and dicts), the other arguments by value (an unhashable one
     means no caching, with a warning), grad mode, the default dtype and device, and the fusion
     switch. The first call of a signature runs `fn` eagerly and records it; later calls replay
-    the record and return fresh tensors equal, bit for bit, to what `fn` returns. Tensors that
-    `fn` reaches through closures or globals are constants of the trace. Outputs are plain
-    values: a signature whose outputs carry a `grad_fn` runs eagerly, with a warning.
+    the record and return fresh tensors equal, bit for bit, to what `fn` returns for the same
+    inputs. An argument's `.grad` is an input too. Tensors and numbers that `fn` reaches
+    through closures or globals are constants of the trace, and Python side effects of `fn`
+    happen on the traced call only (docs/compile.md). Outputs are plain values: a signature
+    whose outputs carry a `grad_fn` runs eagerly, with a warning.
 
     Returns:
         a callable with `.warmup(*args, **kwargs)` (trace and capture ahead of time) and
@@ -161,8 +167,11 @@ class Compiled:
         except KeyError:
             entry = self._entry(key)
         if entry.program is not None:
-            self._hits += 1
-            return entry.replay(tensors, arrays)
+            out = entry.replay(tensors, arrays)
+            if out is not _CLOSED:
+                self._hits += 1
+                return out
+            return self.fn(*args, **kwargs)      # evicted by another thread meanwhile
         if entry.claim():
             return self._trace(entry, args, kwargs, tensors)
         return self.fn(*args, **kwargs)    # being traced by another thread, or eager for good
@@ -210,12 +219,17 @@ class Compiled:
 
     def _trace(self, entry, args, kwargs, tensors):
         self._misses += 1
-        rec = _Recorder([t._array() for t in tensors], self.strict, self.fn)
+        rec = _Recorder(_signature(args, kwargs)[2], self.strict, self.fn)
         rec.arguments = {id(t) for t in tensors}
+        grads = [t.grad for t in tensors]
         prev = _trace.start(rec)
         try:
+            _check_arguments(rec, self.fn, tensors)
             out = self.fn(*args, **kwargs)
             _lazy.force(_flat_tensors(out))
+            if any(t.grad is not g for t, g in zip(tensors, grads)):
+                rec.invalidate("an in-place write to a tensor from outside fn (.grad of an "
+                               "argument assigned)")
         except BaseException:
             _trace.stop(prev)
             entry.release_claim()
@@ -263,12 +277,85 @@ def _signature(args, kwargs):
     for i, d in enumerate(arrays):
         if type(d) is Pending:                   # pending inputs are computed now, untraced
             arrays[i] = tensors[i]._array()
+    for t in tensors:
+        # fn may read an argument's .grad (an optimiser step): it is an input of the trace
+        # too; a forward-mode tangent sends the signature to eager (_check_arguments)
+        g = t.grad
+        if g is not None:
+            key.append(("grad", g._data.shape, g._dtype, g._dev))
+            arrays.append(g._array())
+        elif t._tangent is not None:
+            key.append("tangent")
     if len({id(d) for d in arrays}) < len(arrays):   # one array twice: the trace knows it
         ids = [id(a) for a in arrays]
         key.append(tuple(ids.index(i) for i in ids))
     key.append((_mode._state.enabled, _dtype._default_float[0], _device.get_default_device(),
                 _lazy.ENABLED))
     return tuple(key), tensors, arrays
+
+
+def _check_arguments(rec, fn, tensors):
+    """Invalidate a trace that could not tell its inputs apart: a dual (forward-mode)
+    argument, whose tangent the replay would not carry; a tensor that fn reads through a
+    closure or a global and that shares its array with an argument, so that the record
+    cannot say which of the two a call read."""
+    if any(t._tangent is not None for t in tensors):
+        rec.invalidate("a forward-mode dual tensor as an argument (its tangent is not "
+                       "replayed)")
+        return
+    roots = {id(_root(a)) for a in rec.inputs}
+    for t in _reached_tensors(fn):
+        d = t._data
+        if type(d) is not Pending and id(_root(d)) in roots:
+            rec.invalidate("a tensor fn reads through a closure or a global is also an "
+                           "argument (or shares its memory)")
+            return
+
+
+def _root(a):
+    while getattr(a, "base", None) is not None:
+        a = a.base
+    return a
+
+
+def _reached_tensors(fn, depth=0):
+    """The Tensors in fn's closure cells and in the globals its code names (and its nested
+    functions' code names), one container level deep."""
+    fn = getattr(fn, "__func__", fn)
+    if isinstance(fn, functools.partial):
+        found = [a for a in (*fn.args, *fn.keywords.values()) if isinstance(a, Tensor)]
+        return found + _reached_tensors(fn.func, depth)
+    code = getattr(fn, "__code__", None)
+    if code is None or depth > 2:
+        return []
+    values = [c.cell_contents for c in (fn.__closure__ or ()) if _filled(c)]
+    names, stack = set(), [code]
+    while stack:
+        c = stack.pop()
+        names.update(c.co_names)
+        stack.extend(k for k in c.co_consts if hasattr(k, "co_names"))
+    g = getattr(fn, "__globals__", {})
+    values += [g[n] for n in names if n in g]
+    found = []
+    for v in values:
+        if isinstance(v, Tensor):
+            found.append(v)
+        elif type(v) in (list, tuple):
+            found += [x for x in v if isinstance(x, Tensor)]
+        elif type(v) is dict:
+            found += [x for x in v.values() if isinstance(x, Tensor)]
+        elif callable(v) and getattr(v, "__code__", None) is not None and \
+                not getattr(v, "__module__", "").startswith("gpuvjp"):
+            found += _reached_tensors(v, depth + 1)
+    return found
+
+
+def _filled(cell):
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
 
 
 def _walk(items, key, tensors):
@@ -733,14 +820,17 @@ class _Entry:
     def replay(self, tensors, arrays):
         profiling = bool(_profiler.ACTIVE)
         token = _profiler.start(self.dev) if profiling else None
+        program = self.program
+        if program is None:
+            return _CLOSED
         if not self.gpu:
             if _EXTOBJ is None:
                 with np.errstate(all="ignore"):
-                    outs = self.program(*arrays)
+                    outs = program(*arrays)
             else:
                 quiet = _EXTOBJ[0].set(_EXTOBJ[1])
                 try:
-                    outs = self.program(*arrays)
+                    outs = program(*arrays)
                 finally:
                     _EXTOBJ[0].reset(quiet)
             if profiling:
@@ -751,17 +841,19 @@ class _Entry:
         with cp.cuda.Device(self.dev.index):
             if self.graph_state == "new":
                 with self.lock:
-                    if self.graph_state == "new":
+                    if self.graph_state == "new" and self.program is not None:
                         self._capture(cp, arrays)
             if self.graph_state == "graph":
                 outs = self._launch(cp, arrays)
+                if outs is None:
+                    return _CLOSED
                 if profiling:
                     _profiler.add("graph", tuple(r[0] for r in self.records),
                                   sum(r[2] for r in self.records),
                                   sum(r[3] for r in self.records),
                                   sum(r[4] for r in self.records), token)
             else:
-                outs = self.program(*arrays)
+                outs = program(*arrays)
                 if profiling:
                     for r in self.records:
                         _profiler.add(*r, token)
@@ -803,6 +895,8 @@ class _Entry:
 
     def _launch(self, cp, arrays):
         with self.lock:
+            if self.graph is None:                  # closed by another thread meanwhile
+                return None
             stream, caller = self.stream, cp.cuda.get_current_stream()
             stream.wait_event(caller.record())
             with stream:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
 import tracemalloc
 import warnings
@@ -307,6 +308,19 @@ def _create_graph(x):
     return gv.vjp(lambda t: (t * t).sum(), y, create_graph=True)   # LINE: create_graph
 
 
+def _index(x):
+    return x[(x > 10).long()]                       # LINE: index
+
+
+def _targets(x):
+    return gv.nn.functional.cross_entropy(x[None], (x > 10).long()[:1])  # LINE: targets
+
+
+def _grad_set(x):
+    x.grad = x * 2
+    return x + 1
+
+
 class _Square(gv.autograd.Function):
     @staticmethod
     def forward(ctx, x):
@@ -327,7 +341,10 @@ CAUSES = {"item": (_item, "item()"), "if": (_if, "bool()"), "numpy": (_numpy, "n
           "tolist": (_tolist, "tolist()"), "rand": (_rand, "random number"),
           "mask": (_mask, "boolean-mask"), "backward": (_backward, ".grad"),
           "requires_grad": (_requires_grad, "requires_grad_() on an argument"),
-          "create_graph": (_create_graph, "grad_fn"), "function": (_function, "Function")}
+          "create_graph": (_create_graph, "grad_fn"), "function": (_function, "Function"),
+          "index": (_index, "index tensor computed from fn's inputs"),
+          "targets": (_targets, "targets computed from fn's inputs"),
+          "grad_set": (_grad_set, ".grad of an argument assigned")}
 
 
 def _line(tag):
@@ -348,7 +365,7 @@ def test_each_cause_warns_once_naming_the_line_and_runs_eagerly(tag):
     msgs = [str(w.message) for w in record if "gv.compile" in str(w.message)]
     assert len(msgs) == 1, msgs
     assert cause in msgs[0]
-    if tag != "create_graph":           # found when fn returns, not at a line
+    if tag not in ("create_graph", "grad_set"):     # found when fn returns, not at a line
         assert f"{HERE}:{_line(tag)}" in msgs[0], msgs[0]
     y = gv.tensor([1.5, 2.0, -0.5])
     with warnings.catch_warnings():
@@ -551,3 +568,95 @@ def test_cuda_default_device_retraces():
     assert cf.cache_info().misses == 2
     cf(gv.ones(2, device="cpu"))                   # the device of an argument
     assert cf.cache_info().misses == 3
+
+
+# ----- inputs the record could confuse ------------------------------------------------------
+def test_an_arguments_grad_is_an_input_of_the_replay():
+    """An optimiser step reads w.grad: each replay reads the .grad of the tensor passed."""
+    @gv.no_grad()
+    def sgd(w):
+        return w - 0.1 * w.grad
+    cf = gv.compile(sgd)
+    for seed in range(3):
+        (w,) = fresh([np.zeros(3)], seed=seed)
+        w.requires_grad_()
+        (w * w * w).sum().backward()
+        assert_same(cf(w), sgd(w))
+    assert (cf.cache_info().misses, cf.cache_info().hits) == (1, 2)
+    (w,) = fresh([np.zeros(3)])              # no .grad: another signature (and eager's error)
+    with pytest.raises(TypeError):
+        cf(w)
+
+
+def test_a_dual_argument_runs_eagerly_with_its_tangent():
+    import gpuvjp.autograd.forward_ad as fwAD
+    f = lambda d: d.sin() * 2                                   # noqa: E731
+    cf = gv.compile(f)
+    x = gv.tensor([0.5, -1.0, 2.0])
+    cf(x)
+    cf(x)
+    for k, t in enumerate(([1.0, 0.0, 0.0], [0.0, 0.0, 1.0])):
+        with fwAD.dual_level(), warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            got = fwAD.unpack_dual(cf(fwAD.make_dual(x, gv.tensor(t)))).tangent
+            want = fwAD.unpack_dual(f(fwAD.make_dual(x, gv.tensor(t)))).tangent
+        warned = [w for w in record if "forward-mode dual" in str(w.message)]
+        assert len(warned) == (1 if k == 0 else 0)          # once, then eager for good
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+@pytest.mark.parametrize("how", ["same", "detach", "view"])
+def test_a_closure_tensor_passed_as_the_argument_runs_eagerly(how):
+    w = gv.tensor([1.0, 2.0, 3.0])
+    f = lambda x: gv.vjp(lambda t: (t * w).sum(), x)[1] + x * w  # noqa: E731
+    cf = gv.compile(f)
+    arg = {"same": w, "detach": w.detach(), "view": w.view(3)}[how]
+    with pytest.warns(UserWarning, match="closure or a global is also an argument"):
+        assert_same(cf(arg), f(arg))
+    y = gv.tensor([5.0, 5.0, 5.0])
+    assert_same(cf(y), f(y))
+
+
+def test_an_entry_evicted_during_a_replay_runs_eagerly():
+    """Threads on several signatures with room for one: evictions close entries that other
+    threads are replaying; every call still gets the eager result."""
+    f = lambda x: (x * 2).sin() + x                             # noqa: E731
+    cf = gv.compile(f, cache_size=1)
+    xs = [gv.tensor(np.linspace(0, 1, n)) for n in (1, 2, 3, 4)]
+    errors = []
+
+    def worker(i):
+        try:
+            for k in range(300):
+                x = xs[(i + k) % 4]
+                assert_same(cf(x), f(x))
+        except BaseException as exc:          # noqa: BLE001  (reported below)
+            errors.append(exc)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)               # switch threads often: inside replays too
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[0]
+
+
+def test_a_replay_of_an_entry_closed_meanwhile_runs_eagerly(monkeypatch):
+    """The window the threads above hit by chance: another thread evicts (closes) the entry
+    between the lookup and the replay."""
+    from gpuvjp import _compile
+    f = lambda x: (x * 2).sin() + x                             # noqa: E731
+    cf = gv.compile(f)
+    cf(gv.tensor([1.0, 2.0]))
+    replay = _compile._Entry.replay
+
+    def closed_first(entry, tensors, arrays):
+        entry.close()
+        return replay(entry, tensors, arrays)
+    monkeypatch.setattr(_compile._Entry, "replay", closed_first)
+    x = gv.tensor([0.5, -1.0])
+    assert_same(cf(x), f(x))

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from .. import _device, _dtype
+from .. import _device, _dtype, _trace
 from .._tensor import Tensor
 from .._creation import arange
 from ..ops import matmul, sigmoid, tanh
@@ -501,6 +501,8 @@ def _class_target(logp, target, weight, ignore_index):
     t = target._array()
     with _device.use(target._dev):                 # the check runs where the target lives
         bad = ((t != ignore_index) & ((t < 0) | (t >= n_classes))).reshape(-1)
+        if _trace.ON:                              # a gv.compile trace cannot replay this check
+            _trace.read(t, "cross_entropy's check of targets computed from fn's inputs")
         if t.size and bool(bad.any()):             # one sync on the GPU
             raise IndexError(f"Target {int(t.reshape(-1)[int(bad.argmax())])} is out of bounds.")
     return reshape(target, ()) if nd == 1 else target

@@ -429,6 +429,9 @@ def _check_bounds(x, index, xp):
             continue
         elif hasattr(k, "dtype") and k.size:
             size = x.shape[dim]
+            if _trace.ON:                   # a gv.compile trace cannot replay this check
+                _trace.read(k, "tensor indexing with an index tensor computed from fn's "
+                               "inputs (its bounds are checked on the host)")
             lo, hi = int(k.min()), int(k.max())
             if lo < -size or hi >= size:
                 bad = hi if hi >= size else lo
