@@ -152,25 +152,25 @@ class Compiled:
         last = self._last                    # the most recent signature: no hash, no reorder
         if last is not None and last[0] == key:
             entry = last[1]
-            run = entry.run
-            if run is not None and not _profiler.ACTIVE:
-                self._hits += 1
-                return run(tensors, *arrays)
-        try:
-            entry = self._cache[key]
-            self._cache.move_to_end(key)
-            self._last = (key, entry)
-        except TypeError:
-            if not self._warned_unhashable:
-                self._warned_unhashable = True
-                warnings.warn(f"gv.compile: {_name(self.fn)} got an unhashable non-tensor "
-                              "argument, so its calls are not cached and run eagerly",
-                              UserWarning, stacklevel=2)
-            return self.fn(*args, **kwargs)
-        except KeyError:
-            entry = self._entry(key)
+        else:
+            try:
+                entry = self._cache[key]
+                self._cache.move_to_end(key)
+                self._last = (key, entry)
+            except TypeError:
+                if not self._warned_unhashable:
+                    self._warned_unhashable = True
+                    warnings.warn(f"gv.compile: {_name(self.fn)} got an unhashable non-tensor "
+                                  "argument, so its calls are not cached and run eagerly",
+                                  UserWarning, stacklevel=2)
+                return self.fn(*args, **kwargs)
+            except KeyError:
+                entry = self._entry(key)
         if entry.program is not None:
             self._hits += 1
+            run = entry.run
+            if run is not None and not _profiler.ACTIVE:
+                return run(tensors, *arrays)
             return entry.replay(tensors, arrays)
         if entry.claim():
             return self._trace(entry, args, kwargs, tensors)
@@ -838,6 +838,7 @@ class _Entry:
         self.lock = threading.Lock()
         self.graph = self.stream = self.pool = None
         self.static_in = self.static_out = None
+        self.events = None           # cuda: (after the caller, after the replay), reused
 
     def claim(self):
         """True for the one caller that traces this signature."""
@@ -878,7 +879,7 @@ class _Entry:
     def close(self):
         with self.lock:
             self.program = self.run = None
-            self.graph = self.static_in = self.static_out = None
+            self.graph = self.static_in = self.static_out = self.events = None
             pool, self.pool = self.pool, None
             self.stream = None
             self.state = "eager"
@@ -959,16 +960,26 @@ class _Entry:
             return
         self.graph, self.stream, self.pool = graph, stream, pool
         self.static_in, self.static_out = static_in, static_out
+        self.events = (cp.cuda.Event(disable_timing=True), cp.cuda.Event(disable_timing=True))
+        self.copyto = cp.copyto
         self.graph_state = "graph"
 
     def _launch(self, cp, arrays):
+        """One replay of the graph: per call, two event records and two waits on events made
+        at capture (a wait uses the event's latest record when it is enqueued, so reusing them
+        is safe), one copy per input (`copyto`: a device-to-device memcpy for a contiguous
+        input), the launch, and one copy per output, under the entry's lock."""
+        copyto = self.copyto
         with self.lock:
-            stream, caller = self.stream, cp.cuda.get_current_stream()
-            stream.wait_event(caller.record())
+            stream, (after_caller, after_replay) = self.stream, self.events
+            caller = cp.cuda.get_current_stream()
+            after_caller.record(caller)
+            stream.wait_event(after_caller)
             with stream:
                 for dst, src in zip(self.static_in, arrays):
-                    dst[...] = src
+                    copyto(dst, src)
                 self.graph.launch(stream)
                 outs = tuple([o.copy() for o in self.static_out])
-            caller.wait_event(stream.record())
+            after_replay.record(stream)
+            caller.wait_event(after_replay)
         return outs
