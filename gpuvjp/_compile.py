@@ -526,7 +526,8 @@ class _Codegen:
         for op, refs, dt, _ in plan.nodes:
             ufunc = op.fuse.ufunc
             if ufunc is not None and not self.gpu:
-                args = ", ".join(self._scalar(plan, refs, k) if r < 0 and plan.leaf_scalar[-1 - r]
+                args = ", ".join(self._scalar(plan, refs, k, ufunc)
+                                 if r < 0 and plan.leaf_scalar[-1 - r]
                                  else leaves[-1 - r] if r < 0 else vals[r]
                                  for k, r in enumerate(refs))
             else:
@@ -556,10 +557,11 @@ class _Codegen:
             vals.append(v)
         return [vals[o] for o in plan.outputs]
 
-    def _scalar(self, plan, refs, k):
+    def _scalar(self, plan, refs, k, ufunc):
         """Scalar argument k of a ufunc node: a 0-d array of the dtype NumPy casts the Python
-        scalar to (every array argument's, when they share one and the value converts exactly),
-        which skips the ufunc's scalar conversion; else the scalar itself."""
+        scalar to (every array argument's, when they share one, the ufunc has a loop on it
+        alone and the value converts exactly), which skips the ufunc's scalar conversion; else
+        the scalar itself."""
         li = -1 - refs[k]
         value = plan.leaves[li]
         dts = {plan.leaf_dtypes[-1 - r] if r < 0 else plan.nodes[r][2]
@@ -567,7 +569,9 @@ class _Codegen:
         if type(value) in (bool, int, float) and len(dts) == 1:
             dt = np.dtype(dts.pop())
             category = {"b": 0, "i": 1, "u": 1, "f": 2}.get(dt.kind, -1)
-            if category >= (bool, int, float).index(type(value)):
+            loop = dt.char * getattr(ufunc, "nin", 0)
+            if category >= (bool, int, float).index(type(value)) and loop and \
+                    any(t.startswith(loop) for t in getattr(ufunc, "types", ())):
                 try:
                     with np.errstate(all="raise"):
                         zero_d = np.asarray(value, dtype=dt)
