@@ -588,19 +588,14 @@ class _Codegen:
         leaves = self._leaves(plan)
         name = _plan.kernel_name(plan)
         if dev.type == "cpu":
-            if _unblocked(plan):
+            if _unblocked(plan):                    # the node's variable is the array's
                 for o, v in zip(outs, self._nodes(plan, leaves)):
-                    if id(o) not in self.var:
-                        self.var[id(o)] = v          # the node's variable is the array's
-                        continue
-                    self.emit(f"{self.new(o)} = {v}")
-                res = ()
+                    self.var[id(o)] = v
             else:
                 self.emit(f"r = {self.const(_plan.evaluate)}({self.const(_stripped(plan))}, "
                           f"[{', '.join(leaves)}])")
-                res = [f"r[{k}]" for k in range(len(outs))]
-            for o, r in zip(outs, res):
-                self.emit(f"{self.new(o)} = {r}")
+                for k, o in enumerate(outs):
+                    self.emit(f"{self.new(o)} = r[{k}]")
         else:
             from .ops import _kernels
             kern = _kernels.plan_kernel(plan, name)
