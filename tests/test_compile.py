@@ -659,4 +659,49 @@ def test_a_replay_of_an_entry_closed_meanwhile_runs_eagerly(monkeypatch):
         return replay(entry, tensors, arrays)
     monkeypatch.setattr(_compile._Entry, "replay", closed_first)
     x = gv.tensor([0.5, -1.0])
-    assert_same(cf(x), f(x))
+    with gv.profiler.profile():               # a profiled call replays through _Entry.replay
+        got = cf(x)
+    assert_same(got, f(x))
+
+
+# ----- the replay's exact NumPy calls (CPU) ---------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int64", "bool"])
+def test_scalar_arguments_replay_in_every_dtype(dtype):
+    """Python scalars of a ufunc are replayed as 0-d arrays of the dtype NumPy casts them to,
+    where that is exact, and as themselves otherwise (0.1 in float32, 2**40 in float16)."""
+    dt = getattr(gv, dtype)
+
+    def f(x):
+        if dt is gv.bool:
+            return x & True, x | False, x == True            # noqa: E712  (a scalar operand)
+        if not dt.is_floating_point:
+            return x * 3 + 2**40, x - True, x * 7 - 1, x > 2**62, x * -1
+        return (x * 0.1 + 2, x - 2**40, 1e30 * x, x * True, (x + 0.5).exp().sum(dim=-1),
+                x > 0.25, x * -0.0)
+    cf = gv.compile(f)
+    for seed in range(3):
+        a = np.random.default_rng(seed).uniform(-4, 4, (3, 4))
+        x = gv.tensor(a > 0 if dt is gv.bool else a).to(dt)
+        with np.errstate(all="ignore"):
+            assert_same(cf(x), f(x))
+    assert cf.cache_info().hits == 2
+
+
+def test_the_sums_cotangent_view_on_any_layout():
+    """The sum's cotangent is one strided view of the cotangent: replayed for a contiguous
+    one as recorded, and for a strided one (another layout, same signature) as eager makes
+    it; returned, it is read-only as eager's is."""
+    def f(x, v):
+        return gv.vjp(lambda t: t.sum(dim=1), x, v), gv.vjp(lambda t: t.exp().sum(dim=0), x, v)
+    cf = gv.compile(f)
+    base = gv.tensor(np.arange(8.0))
+    f64 = gv.float64
+    for v in (gv.tensor([1.0, 2.0, 3.0, 4.0], dtype=f64), base[::2], base[1::2],
+              gv.ones(4, dtype=f64)):
+        x = gv.tensor(np.random.default_rng(0).standard_normal((4, 4)))
+        got, want = cf(x, v), f(x, v)
+        assert_same(got, want)
+        g, w = got[0][1].numpy(), want[0][1].numpy()
+        assert g.flags.writeable == w.flags.writeable
+        assert np.shares_memory(g, v.numpy()) == np.shares_memory(w, v.numpy())
+    assert cf.cache_info().hits == 3

@@ -35,6 +35,18 @@ def _sum_impl(xp, x, dim, keepdim):
     return out
 
 
+def _sum_exact(xp, x, dim, keepdim):
+    """The NumPy call `_sum_impl` makes on arrays like `x`, as (function, trailing positional
+    arguments), for gv.compile's replay; None where it makes more than one (float16)."""
+    acc = _acc_dtype(x)
+    if xp is not np or acc is np.float32:
+        return None
+    return np.add.reduce, (dim, acc, None, keepdim)
+
+
+_sum_impl.exact = _sum_exact
+
+
 def _sum_gpu(xp, x, dim, keepdim):
     out = _rows.reduce("sum", xp, x, dim, keepdim)          # GPUVJP_ROW_KERNELS=1
     return _sum_impl(xp, x, dim, keepdim) if out is None else out

@@ -50,6 +50,15 @@ def _exp_bwd_twin(g, x):
     return g * e
 
 
+def _exp_bwd_same(g, x):
+    e = np.exp(x)
+    return np.multiply(g, e, out=e)
+
+
+# gv.compile's replay: for arrays like these, the twin's first branch and nothing else
+_exp_bwd_twin.exact = lambda g, x: (
+    (_exp_bwd_same, ()) if type(g) is np.ndarray and type(x) is np.ndarray and x.ndim and
+    g.shape == x.shape and g.dtype == x.dtype and x.dtype.kind == "f" else None)
 exp_bwd = fused("exp_bwd", "unary", "T g, T x", "T gx", twin=_exp_bwd_twin)
 defvjp(exp, lambda g, ans, x: exp_bwd(g, x))
 defvjp(exp_bwd, lambda gg, _, g, x: exp_bwd(gg, x),
