@@ -77,7 +77,12 @@ class Tensor:
 
     @property
     def grad_fn(self):
-        return self._node
+        """The node that made this tensor, as `torch.Tensor.grad_fn` (None for a leaf)."""
+        node = self._node
+        if node is None:
+            return None
+        from .autograd.graph import grad_fn
+        return grad_fn(node)
 
     @property
     def is_leaf(self):

@@ -7,8 +7,8 @@ from .._tensor import Tensor
 from ._graph import hold_leaves_weakly, run_backward
 from ._mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 
-__all__ = ["backward", "grad", "functional", "Function", "function", "no_grad", "enable_grad",
-           "set_grad_enabled", "is_grad_enabled", "gradcheck", "gradgradcheck"]
+__all__ = ["backward", "grad", "functional", "graph", "Function", "function", "no_grad",
+           "enable_grad", "set_grad_enabled", "is_grad_enabled", "gradcheck", "gradgradcheck"]
 
 
 def _tensors(x, what):
@@ -161,5 +161,6 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
 
 from . import functional  # noqa: E402
 from . import function  # noqa: E402
+from . import graph  # noqa: E402
 from .function import Function  # noqa: E402
 from .gradcheck import gradcheck, gradgradcheck  # noqa: E402

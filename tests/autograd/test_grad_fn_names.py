@@ -132,3 +132,101 @@ def test_every_registry_op_is_named_as_torch_names_it():
     ("tanh_bwd", "TanhBackwardBackward0"), ("atan2", "Atan2Backward0")])
 def test_default_spelling(name, want):
     assert default_torch_name(name) == want
+
+
+# ----- grad_fn objects: class, next_functions, metadata ------------------------------------
+# Where gpuvjp's graph has another shape than PyTorch's: one getitem node for an index that
+# PyTorch applies in steps, outer as a product of unsqueezed vectors, `t()` as a transpose.
+# Listed in docs/differences.md.
+STRUCTURE_DIFFERENCES = {"x[1:, 2]", "x[None, 1]", "x[1, None]", "x[1, [0, 1]]",
+                         "m.outer(v, v)", "F.linear(x, y.t())"}
+
+
+def _tree(fn, depth=0):
+    """The graph below `fn` as nested (class name, ((child, output index), ...))."""
+    if fn is None or depth > 6:
+        return fn
+    return type(fn).__name__, tuple((_tree(f, depth + 1), k) for f, k in fn.next_functions)
+
+
+@pytest.mark.parametrize("expr", [p for p in PROGRAMS if p not in STRUCTURE_DIFFERENCES] +
+                         ["2 * x", "1 + x", "x - 1", "m.where(x > 1, x, 0.0)",
+                          "m.cat([x, x]).sum(0)", "(x.exp() * x.detach()).sum()"])
+def test_graph_matches_torch(expr):
+    got, want = _tree(_node(gv, expr)), _tree(_node(torch, expr))
+    assert got == want
+
+
+@pytest.mark.parametrize("expr", sorted(STRUCTURE_DIFFERENCES))
+def test_documented_structure_differences(expr):
+    assert _tree(_node(gv, expr)) != _tree(_node(torch, expr))
+    assert _node(gv, expr).name() == _node(torch, expr).name()
+
+
+@pytest.mark.parametrize("m", [gv, torch], ids=["gpuvjp", "torch"])
+def test_grad_fn_object(m):
+    x = m.ones(3, requires_grad=True)
+    out = x.exp() * 2
+    fn = out.grad_fn
+    assert type(fn).__name__ == "MulBackward0" and repr(type(fn)) == "<class 'MulBackward0'>"
+    assert isinstance(fn, m.autograd.graph.Node) and fn is out.grad_fn
+    assert re.fullmatch(r"<MulBackward0 object at 0x[0-9a-f]+>", repr(fn))
+    acc = fn.next_functions[0][0].next_functions[0][0]
+    assert type(acc).__name__ == "AccumulateGrad" and acc.variable is x
+    assert acc.name() == "torch::autograd::AccumulateGrad" and acc.next_functions == ()
+    assert re.fullmatch(r"<AccumulateGrad object at 0x[0-9a-f]+>", repr(acc))
+    assert acc is (x * 3).grad_fn.next_functions[0][0] and x.grad_fn is None
+    fn.metadata["tag"] = 1
+    del fn
+    assert out.grad_fn.metadata == {"tag": 1} and acc.metadata == {}
+    out.sum().backward()                       # a swept node keeps its edges and name
+    assert type(out.grad_fn.next_functions[0][0]).__name__ == "ExpBackward0"
+    with pytest.raises(TypeError, match="cannot create 'MulBackward0' instances"):
+        type(out.grad_fn)()
+
+
+@pytest.mark.parametrize("m", [gv, torch], ids=["gpuvjp", "torch"])
+def test_function_grad_fn_reads_its_ctx(m):
+    class Pair(m.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            ctx.scale = 3
+            return x * 2, x * 3
+
+        @staticmethod
+        def backward(ctx, ga, gb):
+            return ga * 2 + gb * 3
+
+    x = m.ones(2, requires_grad=True)
+    a, b = Pair.apply(x)
+    fn = a.grad_fn
+    assert type(fn).__name__ == "PairBackward" and fn.name() == "PairBackward"
+    assert fn.scale == 3 and fn.saved_tensors[0] is x
+    assert fn.next_functions[0][0].variable is x
+    first, second = (b * 1).grad_fn.next_functions
+    assert first == (fn, 1) and second == (None, 0)
+
+
+def test_grad_fn_views_make_no_cycle():
+    """A grad_fn object holds its node; the node does not hold it: dropping both frees both."""
+    import gc
+    import weakref
+    gc.disable()
+    try:
+        x = gv.ones(3, requires_grad=True)
+        out = x.exp().sum()
+        fn = out.grad_fn
+        fn.metadata["k"] = fn.next_functions
+        node, view = weakref.ref(out._node), weakref.ref(fn)
+        del out, fn
+        assert node() is None and view() is None
+    finally:
+        gc.enable()
+
+
+def test_node_hooks_refuse_clearly():
+    fn = gv.ones(2, requires_grad=True).exp().grad_fn
+    for register in (fn.register_hook, fn.register_prehook):
+        with pytest.raises(NotImplementedError, match="hooks on grad_fn"):
+            register(lambda *a: None)
