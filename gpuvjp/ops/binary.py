@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _dtype
+from .. import _dtype, _trace
 from .._tensor import Tensor
-from ._registry import FLOAT, KEEP, defop, defvjp, fused
+from ._registry import FLOAT, KEEP, _reconcile, defop, defvjp, fused
 from ._util import broadcast_shapes
 
 # ----- add, sub, mul ---------------------------------------------------------------------------
@@ -153,9 +153,13 @@ def where(condition, input, other):
     ref = input if hasattr(input, "_dev") else other
     if not hasattr(ref, "_dev"):
         ref = condition
-    input = _as_tensor(input, dt, ref)
-    other = _as_tensor(other, dt, ref)
-    return where_(condition, to_dtype(input, dt), to_dtype(other, dt))
+    args = [condition, to_dtype(_as_tensor(input, dt, ref), dt),
+            to_dtype(_as_tensor(other, dt, ref), dt)]
+    dev = _reconcile(where_, args)            # 0-d CPU tensors join a cuda where, as PyTorch's
+    if any(a._dev != dev for a in args):
+        from .shape import to_device
+        args = [a if a._dev == dev else to_device(a, dev) for a in args]
+    return where_(*args)
 
 
 def _as_tensor(v, dt, ref):
@@ -244,11 +248,17 @@ defvjp(logaddexp_, lambda g, ans, x, y: g * sigmoid(x - y),
                    lambda g, ans, x, y: g * sigmoid(y - x))
 
 
-def _floating(name, *args):
-    for a in args:
-        if hasattr(a, "_dev") and not a._dtype.is_floating_point:
-            raise NotImplementedError(
-                f'"{name}_cpu" not implemented for \'{a._dtype.scalar_name}\'')
+def _floating(name, input, other):
+    """PyTorch's checks: two tensors, whose promoted dtype is floating (the message names the
+    kernel PyTorch dispatches to on the device)."""
+    for arg, pos, a in (("input", 1, input), ("other", 2, other)):
+        if not hasattr(a, "_dev"):
+            raise TypeError(f"{name}(): argument '{arg}' (position {pos}) must be Tensor, not "
+                            f"{type(a).__name__}")
+    dt = _dtype.result_type(input, other)
+    if not dt.is_floating_point:
+        raise NotImplementedError(
+            f'"{name}_{input._dev.type}" not implemented for \'{dt.scalar_name}\'')
 
 
 def hypot(input, other):
@@ -273,29 +283,74 @@ remainder_ = defop("remainder", np.remainder, saves_ans=False)
 defvjp(remainder_, lambda g, ans, x, y: g, lambda g, ans, x, y: -g * floor_(x / y))
 
 
+def _is_integral(a):
+    if hasattr(a, "_dtype"):
+        return not a._dtype.is_floating_point
+    return isinstance(a, (int, np.integer))
+
+
+def _integer_division_by_zero(input, other):
+    """Raise as PyTorch's CPU kernels do for an integer division by zero. A divisor tensor on
+    the GPU is not read (that would cost a sync per call): there the result is 0 where the
+    divisor is 0 (docs/differences.md)."""
+    if not (_is_integral(input) and _is_integral(other)):
+        return
+    if hasattr(other, "_dtype"):
+        if other._dev.type != "cpu":
+            return
+        a = other._array()
+        if _trace.ON:
+            _trace.read(a, "an integer division-by-zero check")
+        zero = not a.all()
+    else:
+        zero = other == 0
+    if zero:
+        raise RuntimeError("ZeroDivisionError")
+
+
 def fmod(input, other):
-    """Same as `torch.fmod`: the remainder of input / other with the sign of input."""
+    """Same as `torch.fmod`: the remainder of input / other with the sign of input. An integer
+    division by zero raises RuntimeError on the CPU, as PyTorch's."""
+    _integer_division_by_zero(input, other)
     return fmod_(input, other)
 
 
 def remainder(input, other):
     """Same as `torch.remainder`: the remainder of input / other with the sign of other (Python's
-    %). A Python number `input` is accepted, as PyTorch's."""
+    %). A Python number `input` is accepted, as PyTorch's. An integer division by zero raises
+    RuntimeError on the CPU, as PyTorch's."""
+    _integer_division_by_zero(input, other)
     return remainder_(input, other)
 
 
 # ----- lerp ------------------------------------------------------------------------------------
+# the C++ type names PyTorch's lerp messages print
+_CPP_NAMES = {"float16": "c10::Half", "float32": "float", "float64": "double", "int32": "int",
+              "int64": "long int", "bool": "bool"}
+
+
 def lerp(input, end, weight):
     """Same as `torch.lerp`: input + weight (end - input), elementwise. As PyTorch, it is
     computed as end - (end - input)(1 - weight) where |weight| >= 0.5, so weight = 1 gives end
-    exactly; the gradients are 1 - weight, weight and end - input either way."""
-    if end._dtype is not input._dtype:
-        raise RuntimeError(f"expected dtype {input._dtype.scalar_name.lower()} for `end` but got "
-                           f"dtype {end._dtype.scalar_name.lower()}")
+    exactly; the gradients are 1 - weight, weight and end - input either way. `end` and a
+    `weight` tensor of one or more dims must have input's dtype (RuntimeError otherwise)."""
+    for arg, a in (("input", input), ("end", end)):
+        if not hasattr(a, "_dev"):
+            raise TypeError(f"lerp(): argument '{arg}' must be Tensor, not {type(a).__name__}")
+    tensor_weight = hasattr(weight, "_dev")
+    for arg, a in (("end", end), ("weight", weight if tensor_weight and weight.ndim else end)):
+        if a._dtype is not input._dtype:
+            raise RuntimeError(f"expected dtype {_CPP_NAMES[input._dtype.name]} for `{arg}` "
+                               f"but got dtype {_CPP_NAMES[a._dtype.name]}")
+    if not input._dtype.is_floating_point:
+        kernel = "lerp_cuda" if input._dev.type == "cuda" else \
+            f"lerp_kernel_{'tensor' if tensor_weight else 'scalar'}"
+        raise NotImplementedError(f'"{kernel}" not implemented for '
+                                  f"'{input._dtype.scalar_name}'")
     diff = end - input
-    if not hasattr(weight, "_dev"):
+    if not tensor_weight:
         return input + weight * diff if abs(weight) < 0.5 else end - diff * (1 - weight)
-    return where_(lt(abs_(weight), 0.5), input + weight * diff, end - diff * (1 - weight))
+    return where(lt(abs_(weight), 0.5), input + weight * diff, end - diff * (1 - weight))
 
 
 # ----- comparisons and logical ops (no gradient, bool results) ---------------------------------
