@@ -168,3 +168,45 @@ def _edge(e):
         if e is None:
             return None, 0
     return _accumulator(e), 0
+
+
+# ----- retain_grad ---------------------------------------------------------------------------
+# graph node -> weak reference to the non-leaf tensor that retains its gradient. Both sides
+# are weak: a retained tensor keeps nothing alive, and a sweep that never meets one pays one
+# truth test of this dict.
+RETAINED = weakref.WeakKeyDictionary()
+
+
+def retain(t):
+    RETAINED[t._node] = weakref.ref(t)
+
+
+def retains(t):
+    ref = RETAINED.get(t._node)
+    return ref is not None and ref() is t
+
+
+def retained_below(roots):
+    """(ids of the leaves reachable from `roots` that take a gradient, {id(node): tensor} of
+    the retaining tensors reachable from them): the targets of a sweep that also stops at
+    the retained nodes."""
+    leaves, keep, seen = set(), {}, set()
+    todo = [r for r in roots if type(r) is _graph.Node]
+    leaves.update(id(r) for r in roots if type(r) is not _graph.Node)
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        ref = RETAINED.get(node)
+        t = None if ref is None else ref()
+        if t is not None:
+            keep[id(node)] = t
+        for e in node.edges:
+            if type(e) is _graph.Node:
+                todo.append(e)
+            elif e is not None:
+                e = e() if type(e) is _WeakRef else e
+                if e is not None:
+                    leaves.add(id(e))
+    return leaves, keep

@@ -25,6 +25,7 @@ from .reduce import cumprod, trace
 from .linalg import addmm, baddbmm
 from .binary import (clamp_max, clamp_min, fmod, hypot, lerp, logaddexp, masked_fill,
                      remainder)
+from .binary import bitwise_and, bitwise_not, bitwise_or, bitwise_xor
 from .unary import (acos, arccos, arcsin, arcsinh, arctan, arctanh, asin, asinh, atan, atanh,
                     ceil, cosh, fix, floor, frac, sinh, trunc)
 from .unary import round as round_
@@ -37,7 +38,9 @@ clone_.elementwise = True
 
 
 def clone(input, *, memory_format=None):
-    """Same as `torch.clone`."""
+    """Same as `torch.clone` (`memory_format`: gpuvjp keeps row-major order)."""
+    from .._memory_format import check
+    check(memory_format, "clone")
     return clone_(input)
 
 
@@ -81,6 +84,8 @@ METHODS.update(
     arcsin=arcsin, arccos=arccos, arctan=arctan, floor=floor, ceil=ceil, trunc=trunc, fix=fix,
     round=round_, frac=frac,
 )
+METHODS.update(bitwise_and=bitwise_and, bitwise_or=bitwise_or, bitwise_xor=bitwise_xor,
+               bitwise_not=bitwise_not)
 
 
 def _creation_method(name):
@@ -113,7 +118,16 @@ for _name, _fn in {**METHODS, **TENSOR_ONLY}.items():
 Tensor.__neg__ = lambda self: neg(self)
 Tensor.__pos__ = lambda self: self
 Tensor.__abs__ = lambda self: abs_(self)
-Tensor.__invert__ = lambda self: logical_not(self)
+
+
+def _invert(self):
+    if self._dtype.is_floating_point:
+        raise TypeError("~ (operator.invert) is only implemented on integer and Boolean-type "
+                        "tensors")
+    return bitwise_not(self)
+
+
+Tensor.__invert__ = _invert
 Tensor.where = lambda self, condition, other: where(condition, self, other)
 Tensor.view_as = lambda self, other: view(self, other.shape)
 Tensor.reshape_as = lambda self, other: reshape(self, other.shape)

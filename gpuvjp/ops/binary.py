@@ -367,4 +367,43 @@ logical_or = defop("logical_or", np.logical_or, differentiable=False, out_dtype=
 logical_xor = defop("logical_xor", np.logical_xor, differentiable=False, out_dtype=_dt.bool_)
 logical_not = defop("logical_not", np.logical_not, differentiable=False, out_dtype=_dt.bool_)
 
+# ----- bitwise ops (integer and bool tensors; no gradient) -------------------------------------
+bitwise_and_ = defop("bitwise_and", np.bitwise_and, differentiable=False)
+bitwise_or_ = defop("bitwise_or", np.bitwise_or, differentiable=False)
+bitwise_xor_ = defop("bitwise_xor", np.bitwise_xor, differentiable=False)
+bitwise_not_ = defop("bitwise_not", np.invert, differentiable=False)
+
+
+def _integral(name, *args):
+    """PyTorch's bitwise kernels take integers and bools only (the message names the kernel)."""
+    dt = _dtype.result_type(*args)
+    if dt.is_floating_point:
+        dev = next(a for a in args if hasattr(a, "_dev"))._dev.type
+        raise NotImplementedError(f'"{name}_{dev}" not implemented for \'{dt.scalar_name}\'')
+
+
+def bitwise_and(input, other):
+    """Same as `torch.bitwise_and`: `&` of integer or bool tensors (logical for bool)."""
+    _integral("bitwise_and", input, other)
+    return bitwise_and_(input, other)
+
+
+def bitwise_or(input, other):
+    """Same as `torch.bitwise_or`: `|` of integer or bool tensors (logical for bool)."""
+    _integral("bitwise_or", input, other)
+    return bitwise_or_(input, other)
+
+
+def bitwise_xor(input, other):
+    """Same as `torch.bitwise_xor`: `^` of integer or bool tensors (logical for bool)."""
+    _integral("bitwise_xor", input, other)
+    return bitwise_xor_(input, other)
+
+
+def bitwise_not(input):
+    """Same as `torch.bitwise_not`: `~` of an integer or bool tensor (logical for bool)."""
+    _integral("bitwise_not", input)
+    return bitwise_not_(input)
+
+
 from .unary import abs_, floor_, log, sigmoid, trunc_, zeros_like_  # noqa: E402  (rules above)

@@ -9,6 +9,7 @@ import operator
 import numpy as np
 
 from .. import _device, _dtype, _trace
+from .._lazy import Pending
 from .._tensor import Tensor
 from ..autograd import _mode
 from . import _kernels
@@ -289,9 +290,17 @@ def broadcast_tensors(*tensors):
     return tuple(expand(t_, *shape) for t_ in tensors)
 
 
-def contiguous(input):
-    """Same as `torch.Tensor.contiguous`: gpuvjp tensors are values, so this returns `input`."""
-    return input
+def contiguous(input, memory_format=None):
+    """Same as `torch.Tensor.contiguous`: `input` itself when its array is in row-major order
+    (or not computed yet: a fused result is written in row-major order), else a row-major copy
+    (a transposed or expanded view), so that its array can go to a kernel of one's own."""
+    from .._memory_format import check
+    check(memory_format, "contiguous")
+    d = input._data
+    if type(d) is Pending or d.flags.c_contiguous:
+        return input
+    from . import clone_
+    return clone_(input)
 
 
 # ----- basic and advanced indexing -------------------------------------------------------------

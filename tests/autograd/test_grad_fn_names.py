@@ -37,6 +37,7 @@ PROGRAMS = [
     "x.expm1()", "x.rsqrt()", "x.reciprocal()", "x.square()", "x.erf()", "m.atan2(x, x)",
     "x.clamp(0, 1)", "x.clamp(min=0)", "x.clamp(max=0)", "m.maximum(x, x)",
     "m.minimum(x, x)", "m.where(x > 1, x, x)", "x.clone()", "x.float()",
+    "x.transpose(0, 1).contiguous()",
     "F.gelu(x)", "F.gelu(x, approximate='tanh')", "F.silu(x)", "F.softplus(x)",
     "x.softmax(1)", "x.log_softmax(1)", "F.relu(x)",
 ]
@@ -51,7 +52,6 @@ DIFFERENCES = {
     "x.t()": "TransposeBackward0",                 # torch: TBackward0
     "x.T": "TransposeBackward0",                   # torch: PermuteBackward0
     "x.t().reshape(-1)": "ViewBackward0",          # torch: UnsafeViewBackward0
-    "x.t().contiguous()": "TransposeBackward0",    # torch: CloneBackward0
     "x.unsqueeze(0).squeeze()": "SqueezeBackward1",      # torch: SqueezeBackward0
     "x.reshape(1, 3, 4)": "UnsqueezeBackward0",    # torch: ViewBackward0
     "x.split(2)[0]": "SliceBackward0",             # torch: SplitBackward0
