@@ -1,6 +1,6 @@
 """The Tensor attributes and dunder methods PyTorch code reaches for first (sizes, strides,
-contiguity, `in`, format, retain_grad, memory formats, `%`, bitwise `& | ^ ~`), each against
-torch."""
+contiguity, `in`, format, retain_grad, memory formats, `%`, bitwise `& | ^ ~`, isnan/any/all/
+allclose/equal, reversed), each against torch."""
 
 from __future__ import annotations
 
@@ -36,19 +36,30 @@ SAME = [
     "i & 3", "3 & i", "i | (x > 2)", "(x > 2) ^ (x < 5)", "~i", "~(x > 2)", "(x > 2) & 1",
     "(x > 2) | True", "i ^ 7", "m.bitwise_and(i, i + 1)", "i.bitwise_or(8)",
     "m.bitwise_not(i.int())", "i.int() | i", "m.bitwise_xor(i, 5)",
+    "n.isnan()", "n.isinf()", "n.isfinite()", "i.isnan()", "i.isinf()", "i.isfinite()",
+    "(x > 7).isfinite()", "m.isinf(n.half())", "m.isnan(x)", "n.any()", "n.all()", "n.any(1)",
+    "n.all(dim=0, keepdim=True)", "i.any(dim=(0, 1))", "(i > 5).any()", "m.all(i, 0)",
+    "m.zeros(0).all()", "m.zeros(0).any()", "i.int().any()", "(i > 0).all(1)",
+    "m.allclose(n, n)", "m.allclose(n, n, equal_nan=True)", "m.allclose(i, i)",
+    "m.allclose(x, x + 1e-6)", "m.allclose(x, x + 1e-3, rtol=1e-3)", "x.allclose(x[:1])",
+    "m.isclose(n, n + 1e-6)", "m.isclose(n, n, equal_nan=True)", "m.isclose(i, i + 1)",
+    "m.isclose(i > 0, i > 1)", "m.equal(n, n)", "m.equal(i, i + 0)", "m.equal(i, i[:1])",
+    "m.equal(i, i.float())", "x.equal(x.detach())",
+    "reversed(i)", "reversed(m.tensor(2.0))", "reversed(x).requires_grad",
 ]
 # The error each raises, type and message, as torch's.
 RAISES = [
     "bool(x)", "bool(m.zeros(0))", "'a' in x", "[1] in x", "f'{x:.3f}'",
     "m.ones(2, 2, 2).H", "m.ones(3).H", "m.ones(3).mH", "m.ones(2).retain_grad()",
     "x.clone(memory_format=1)", "x & x", "i & 1.5", "x | 1", "~x", "m.bitwise_not(x)",
-    "m.bitwise_xor(x, i)",
+    "m.bitwise_xor(x, i)", "x.allclose(x.double())", "m.isclose(i, i.float())", "n.any(5)",
 ]
 
 
 def _env(m):
     env = {"m": m, "x": m.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], requires_grad=True),
-           "i": m.arange(6).reshape(2, 3), "b": m.zeros(2, 3, 4, dtype=m.float64)}
+           "i": m.arange(6).reshape(2, 3), "b": m.zeros(2, 3, 4, dtype=m.float64),
+           "n": m.tensor([[1.0, float("nan"), 0.0], [float("inf"), -2.0, -float("inf")]])}
     return env
 
 
@@ -87,6 +98,10 @@ def test_strides_and_contiguity_on_the_device(device):
     assert x.get_device() == (-1 if device == "cpu" else gv.device(device).index)
     assert 0 in x and 1 not in x and f"{x.sum():.1f}" == "0.0"
     assert x.transpose(0, 2).contiguous().is_contiguous() and x.contiguous() is x
+    n = gv.tensor([[1.0, float("nan")], [float("inf"), 2.0]], device=device)
+    assert n.isnan().any().item() and n.isfinite().all(1).tolist() == [False, False]
+    assert gv.allclose(n, n, equal_nan=True) and not gv.equal(n, n)
+    assert reversed(n)[0].tolist() == [float("inf"), 2.0]
 
 
 @pytest.mark.parametrize("m", [gv, torch], ids=["gpuvjp", "torch"])

@@ -26,6 +26,8 @@ from .linalg import addmm, baddbmm
 from .binary import (clamp_max, clamp_min, fmod, hypot, lerp, logaddexp, masked_fill,
                      remainder)
 from .binary import bitwise_and, bitwise_not, bitwise_or, bitwise_xor
+from .binary import isclose, isfinite, isinf, isnan
+from .reduce import all_, allclose, any_, equal
 from .unary import (acos, arccos, arcsin, arcsinh, arctan, arctanh, asin, asinh, atan, atanh,
                     ceil, cosh, fix, floor, frac, sinh, trunc)
 from .unary import round as round_
@@ -51,6 +53,8 @@ negative = neg
 absolute = abs_
 sum = sum_       # noqa: A001  (the public name is PyTorch's)
 abs = abs_       # noqa: A001
+any = any_       # noqa: A001
+all = all_       # noqa: A001
 max, min = max_, min_      # noqa: A001
 round = round_             # noqa: A001
 greater, greater_equal, less, less_equal, not_equal = gt, ge, lt, le, ne
@@ -85,7 +89,8 @@ METHODS.update(
     round=round_, frac=frac,
 )
 METHODS.update(bitwise_and=bitwise_and, bitwise_or=bitwise_or, bitwise_xor=bitwise_xor,
-               bitwise_not=bitwise_not)
+               bitwise_not=bitwise_not, isnan=isnan, isinf=isinf, isfinite=isfinite,
+               isclose=isclose, allclose=allclose, equal=equal, any=any_, all=all_)
 
 
 def _creation_method(name):
@@ -135,6 +140,7 @@ Tensor.expand_as = lambda self, other: expand(self, *other.shape)
 Tensor.T = property(lambda self: permute(self, *reversed(range(self.ndim))))
 Tensor.mT = property(lambda self: transpose(self, -2, -1))
 Tensor.flip = shape.flip_method
+Tensor.__reversed__ = lambda self: self if self.ndim == 0 else flip(self, (0,))   # as torch's
 
 __all__ = sorted(set(METHODS) | {"where", "einsum", "REGISTRY", "broadcast_tensors",
                                   "true_divide", "cat", "concat", "concatenate", "stack"})

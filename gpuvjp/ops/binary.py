@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import _dtype, _trace
@@ -366,6 +368,44 @@ logical_and = defop("logical_and", np.logical_and, differentiable=False, out_dty
 logical_or = defop("logical_or", np.logical_or, differentiable=False, out_dtype=_dt.bool_)
 logical_xor = defop("logical_xor", np.logical_xor, differentiable=False, out_dtype=_dt.bool_)
 logical_not = defop("logical_not", np.logical_not, differentiable=False, out_dtype=_dt.bool_)
+
+# ----- isnan, isinf, isfinite (no gradient, bool results) ------------------------------------
+def isnan(input):
+    """Same as `torch.isnan`: True where `input` is NaN (only NaN differs from itself)."""
+    return ne(input, input)
+
+
+def isinf(input):
+    """Same as `torch.isinf`: True where `input` is +inf or -inf."""
+    if not input._dtype.is_floating_point:
+        return ne(input, input)                        # all False
+    return eq(abs_(input), math.inf)
+
+
+def isfinite(input):
+    """Same as `torch.isfinite`: True where `input` is neither NaN nor infinite (x - x is 0
+    exactly there, NaN elsewhere)."""
+    if not input._dtype.is_floating_point:
+        return eq(input, input)                        # all True
+    return eq(input - input, 0)
+
+
+def isclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):
+    """Same as `torch.isclose`: |input - other| <= atol + rtol |other|, elementwise (equal
+    infinities are close; NaNs are close to each other only with `equal_nan`)."""
+    if input._dtype is not other._dtype:
+        raise RuntimeError(f"{input._dtype.scalar_name} did not match "
+                           f"{other._dtype.scalar_name}")
+    a, b = input.detach(), other.detach()
+    if not a._dtype.is_floating_point:
+        if a._dtype is _dt.bool_:
+            return eq(a, b)
+        a, b = a.double(), b.double()
+    close = logical_or(eq(a, b), le(abs_(a - b), atol + rtol * abs_(b)))
+    if equal_nan:
+        close = logical_or(close, logical_and(isnan(a), isnan(b)))
+    return close
+
 
 # ----- bitwise ops (integer and bool tensors; no gradient) -------------------------------------
 bitwise_and_ = defop("bitwise_and", np.bitwise_and, differentiable=False)
