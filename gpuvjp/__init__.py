@@ -33,6 +33,7 @@ from .ops import *  # noqa: F401,F403  (every op, by its PyTorch name)
 from .ops import __all__ as _ops_all
 del REGISTRY  # noqa: F821  (internal: gpuvjp.ops.REGISTRY)
 from .nn.functional import log_softmax_top as log_softmax, softmax_top as softmax
+from .ops.binary import div_ as div, div_ as divide  # rounding_mode (ops.div: the op itself)
 
 bool = _dtype.bool_  # noqa: A001  (PyTorch's name)
 half, float, double = float16, float32, float64  # noqa: A001

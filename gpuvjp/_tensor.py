@@ -520,3 +520,5 @@ def _rebuild(cls, data, dtype_name, device_type, requires_grad, nb):
     return t
 Tensor.__mod__ = _binary("remainder")            # torch's `%`: remainder, the sign of the divisor
 Tensor.__rmod__ = _binary("remainder", reflected=True)
+Tensor.__floordiv__ = _binary("floor_divide")    # torch's `//`
+Tensor.__rfloordiv__ = _binary("floor_divide", reflected=True)

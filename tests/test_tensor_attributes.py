@@ -46,6 +46,15 @@ SAME = [
     "m.isclose(i > 0, i > 1)", "m.equal(n, n)", "m.equal(i, i + 0)", "m.equal(i, i[:1])",
     "m.equal(i, i.float())", "x.equal(x.detach())",
     "reversed(i)", "reversed(m.tensor(2.0))", "reversed(x).requires_grad",
+    "x // 2", "2 // (x + 10)", "x // x", "i // 2", "i // -2", "7 // (i + 10)", "x // 0.0",
+    "m.div(i, 4, rounding_mode='trunc')", "m.div(-i, 4, rounding_mode='floor')",
+    "m.div(-7, i + 1, rounding_mode='trunc')", "x.div(-4, rounding_mode='trunc')",
+    "x.div(0.1, rounding_mode='floor')", "m.div(1.0, m.tensor(0.1), rounding_mode='floor')",
+    "m.divide(x, 2, rounding_mode='floor')", "x.div(0.0, rounding_mode='trunc')",
+    "m.floor_divide(i.int(), 3)", "x.floor_divide(3)", "x.half() // 2", "m.div(x, 2)",
+    "x.div(2, rounding_mode=None)", "(x // 2).requires_grad",
+    "x.select(0, 1)", "x.select(-1, -3)", "m.select(b, 2, 3).shape", "x.select(1, m.tensor(1))",
+    "x.unbind(1)", "m.unbind(x)", "len(m.unbind(b, -1))", "m.zeros(0, 2).unbind()",
 ]
 # The error each raises, type and message, as torch's.
 RAISES = [
@@ -53,6 +62,9 @@ RAISES = [
     "m.ones(2, 2, 2).H", "m.ones(3).H", "m.ones(3).mH", "m.ones(2).retain_grad()",
     "x.clone(memory_format=1)", "x & x", "i & 1.5", "x | 1", "~x", "m.bitwise_not(x)",
     "m.bitwise_xor(x, i)", "x.allclose(x.double())", "m.isclose(i, i.float())", "n.any(5)",
+    "i // 0", "m.div(i, i, rounding_mode='trunc')", "m.tensor([True]) // m.tensor([True])",
+    "x.div(2, rounding_mode='round')", "x.select(0, 5)", "x.select(2, 0)", "x.select(0, 1.5)",
+    "m.ones(()).select(0, 0)", "m.ones(()).unbind()", "x.unbind(2)",
 ]
 
 
@@ -64,11 +76,13 @@ def _env(m):
 
 
 def _value(r, m):
+    if isinstance(r, tuple):
+        return tuple(_value(a, m) for a in r)
     if isinstance(r, m.Tensor):
         return ("tensor", str(r.dtype).split(".")[-1], tuple(r.shape), r.tolist())
     if isinstance(r, m.dtype):
         return str(r).split(".")[-1]
-    return tuple(r) if isinstance(r, tuple) else r
+    return tuple(r) if isinstance(r, m.Size) else r
 
 
 @pytest.mark.parametrize("expr", SAME)
@@ -87,6 +101,22 @@ def test_raises_as_torch(expr):
     assert str(got.value) == str(want.value).replace("torch.", "gpuvjp.")
 
 
+@pytest.mark.parametrize("expr", ["x.select(1, 2) * 3", "m.stack(x.unbind(1)[::-1], 1)",
+                                  "x.div(2.5, rounding_mode='floor') + x",
+                                  "x.div(x.detach() + 1, rounding_mode='trunc') * x"])
+def test_vjp_as_torch(expr):
+    """select and unbind pass the gradient to their slice; a rounded quotient passes 0."""
+    xs = np.arange(1.0, 7.0).reshape(2, 3)
+    got = gv.vjp(lambda t: eval(expr, {"m": gv, "x": t}), gv.tensor(xs),
+                 gv.ones_like(eval(expr, {"m": gv, "x": gv.tensor(xs)})))
+    want = torch.autograd.functional.vjp(lambda t: eval(expr, {"m": torch, "x": t}),
+                                         torch.tensor(xs),
+                                         torch.ones_like(eval(expr, {"m": torch,
+                                                                     "x": torch.tensor(xs)})))
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a.numpy(), b.numpy())
+
+
 def test_strides_and_contiguity_on_the_device(device):
     i = gv.arange(4, device=device)
     assert (i & 6).tolist() == [0, 0, 2, 2] and (~(i > 1)).tolist() == [True, True, False, False]
@@ -102,6 +132,10 @@ def test_strides_and_contiguity_on_the_device(device):
     assert n.isnan().any().item() and n.isfinite().all(1).tolist() == [False, False]
     assert gv.allclose(n, n, equal_nan=True) and not gv.equal(n, n)
     assert reversed(n)[0].tolist() == [float("inf"), 2.0]
+    i = gv.tensor([7, -7], device=device)
+    assert (i // 2).tolist() == [3, -4] and i.div(2, rounding_mode="trunc").tolist() == [3, -3]
+    assert n.unbind(1)[0].tolist() == [1.0, float("inf")]
+    assert n.select(0, 1).tolist() == [float("inf"), 2.0]
 
 
 @pytest.mark.parametrize("m", [gv, torch], ids=["gpuvjp", "torch"])

@@ -109,7 +109,8 @@ class _FunctionNode(Node):
 
 # Positions where PyTorch's overload takes a Python number as a Scalar argument, not as a
 # tensor: its node has no edge there (`x ** 2`, `1 - x`), where `x * 2` has `(None, 0)`.
-_SCALAR_ARGS = {"pow": (0, 1), "sub": (0,), "lerp": (2,), "softplus": (1, 2)}
+_SCALAR_ARGS = {"pow": (0, 1), "sub": (0,), "fmod": (1,), "remainder": (1,),
+                "softplus": (1, 2)}
 
 _COMMUTES = {"add", "mul"}
 

@@ -27,6 +27,8 @@ from .binary import (clamp_max, clamp_min, fmod, hypot, lerp, logaddexp, masked_
                      remainder)
 from .binary import bitwise_and, bitwise_not, bitwise_or, bitwise_xor
 from .binary import isclose, isfinite, isinf, isnan
+from .binary import div_, floor_divide
+from .shape import select, unbind
 from .reduce import all_, allclose, any_, equal
 from .unary import (acos, arccos, arcsin, arcsinh, arctan, arctanh, asin, asinh, atan, atanh,
                     ceil, cosh, fix, floor, frac, sinh, trunc)
@@ -90,7 +92,10 @@ METHODS.update(
 )
 METHODS.update(bitwise_and=bitwise_and, bitwise_or=bitwise_or, bitwise_xor=bitwise_xor,
                bitwise_not=bitwise_not, isnan=isnan, isinf=isinf, isfinite=isfinite,
-               isclose=isclose, allclose=allclose, equal=equal, any=any_, all=all_)
+               isclose=isclose, allclose=allclose, equal=equal, any=any_, all=all_,
+               floor_divide=floor_divide, select=select, unbind=unbind)
+# `t.div(y, rounding_mode=...)`; the `/` operator and gv.div's fast path stay the op itself
+METHODS.update(div=div_, divide=div_)
 
 
 def _creation_method(name):

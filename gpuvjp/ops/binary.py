@@ -325,6 +325,49 @@ def remainder(input, other):
     return remainder_(input, other)
 
 
+# ----- div with rounding_mode, floor_divide ----------------------------------------------------
+# q = floor(x / y) as Python's // (NumPy's floor_divide: 1.0 // 0.1 is 9.0), or trunc(x / y).
+# The gradient is 0 almost everywhere, as PyTorch's.
+floor_divide_ = defop("floor_divide", np.floor_divide, saves_ans=False, saves_inputs=False)
+defvjp(floor_divide_, lambda g, ans, x, y: zeros_like_(g), lambda g, ans, x, y: zeros_like_(g))
+
+
+def _rounded_div(input, other, rounding_mode):
+    dt = _dtype.result_type(input, other)
+    if dt is _dtype.bool_:
+        dev = next(a for a in (input, other) if hasattr(a, "_dev"))._dev.type
+        raise NotImplementedError(f'"div_{rounding_mode}_{dev}" not implemented for \'Bool\'')
+    _integer_division_by_zero(input, other)
+    if rounding_mode == "floor":
+        return floor_divide_(input, other)
+    if dt.is_floating_point:
+        return trunc_(div(input, other))
+    # integers: |x| // |y| with the sign of x y
+    def sign_abs(a):
+        if hasattr(a, "_dev"):
+            return sign(a), abs_(a)
+        return (a > 0) - (a < 0), abs(a)
+    (sx, ax), (sy, ay) = sign_abs(input), sign_abs(other)
+    return sx * sy * floor_divide_(ax, ay)
+
+
+def div_(input, other, *, rounding_mode=None):
+    """Same as `torch.div`: input / other; with `rounding_mode` "trunc" or "floor", the
+    quotient rounded toward zero or down (an integer division by zero raises RuntimeError on
+    the CPU, as PyTorch's)."""
+    if rounding_mode is None:
+        return div(input, other)
+    if rounding_mode not in ("trunc", "floor"):
+        raise RuntimeError("div expected rounding_mode to be one of None, 'trunc', or 'floor' "
+                           f"but found '{rounding_mode}'")
+    return _rounded_div(input, other, rounding_mode)
+
+
+def floor_divide(input, other):
+    """Same as `torch.floor_divide` (and `//`): the quotient rounded down, as Python's //."""
+    return _rounded_div(input, other, "floor")
+
+
 # ----- lerp ------------------------------------------------------------------------------------
 # the C++ type names PyTorch's lerp messages print
 _CPP_NAMES = {"float16": "c10::Half", "float32": "float", "float64": "double", "int32": "int",
@@ -446,4 +489,5 @@ def bitwise_not(input):
     return bitwise_not_(input)
 
 
-from .unary import abs_, floor_, log, sigmoid, trunc_, zeros_like_  # noqa: E402  (rules above)
+from .unary import (abs_, floor_, log, sigmoid, sign, trunc_,  # noqa: E402  (rules above)
+                    zeros_like_)

@@ -1040,3 +1040,29 @@ def triu(input, diagonal=0):
     if input.ndim < 2:
         raise RuntimeError("triu: input tensor must have at least 2 dimensions")
     return triu_(input, diagonal=operator.index(diagonal))
+
+
+# ----- select, unbind --------------------------------------------------------------------------
+def select(input, dim, index):
+    """Same as `torch.select`: the slice of `input` at `index` along `dim`, which it removes
+    (`x.select(0, i)` is `x[i]`)."""
+    if input.ndim == 0:
+        raise IndexError("select() cannot be applied to a 0-dim tensor.")
+    d = norm_dim(dim, input.ndim)
+    if isinstance(index, (float, bool)) or not hasattr(index, "__index__"):
+        raise TypeError(f"select(): argument 'index' (position 2) must be int, not "
+                        f"{type(index).__name__}")
+    i, size = operator.index(index), input.shape[d]
+    if not -size <= i < size:
+        raise IndexError(f"select(): index {i} out of range for tensor of size "
+                         f"{list(input.shape)} at dimension {d}")
+    return getitem(input, (slice(None),) * d + (i,))
+
+
+def unbind(input, dim=0):
+    """Same as `torch.unbind`: the slices of `input` along `dim`, as a tuple (each one
+    `select(input, dim, i)`)."""
+    if input.ndim == 0:
+        raise IndexError("Dimension specified as 0 but tensor has no dimensions")
+    d = norm_dim(dim, input.ndim)
+    return tuple(select(input, d, i) for i in range(input.shape[d]))

@@ -37,7 +37,9 @@ PROGRAMS = [
     "x.expm1()", "x.rsqrt()", "x.reciprocal()", "x.square()", "x.erf()", "m.atan2(x, x)",
     "x.clamp(0, 1)", "x.clamp(min=0)", "x.clamp(max=0)", "m.maximum(x, x)",
     "m.minimum(x, x)", "m.where(x > 1, x, x)", "x.clone()", "x.float()",
-    "x.transpose(0, 1).contiguous()",
+    "x.transpose(0, 1).contiguous()", "m.fmod(x, 1.5)", "m.fmod(x, x)", "m.remainder(x, 2)",
+    "m.remainder(x, x)", "x % 1.5", "x.select(1, 2)", "x.narrow(1, 1, 2)",
+    "x.div(2, rounding_mode='floor')",
     "F.gelu(x)", "F.gelu(x, approximate='tanh')", "F.silu(x)", "F.softplus(x)",
     "x.softmax(1)", "x.log_softmax(1)", "F.relu(x)",
 ]
@@ -65,6 +67,25 @@ DIFFERENCES = {
     "F.cross_entropy(x, m.tensor([0, 1, 2]), reduction='sum')": "SumBackward0",  # NllLoss...
     "F.cross_entropy(x, m.tensor([0, 1, 2]), reduction='none')": "WhereBackward0",  # NllLoss...
     "F.mse_loss(x, x.detach())": "DivBackward0",   # torch: MseLossBackward0
+    "x.sum((0, 1))": "SumBackward0",               # torch: SumBackward1 (dim given)
+    "x.split([1, 2])[1]": "SliceBackward0",        # torch: SplitWithSizesBackward0
+    "x.unbind(1)[0]": "SelectBackward0",           # torch: UnbindBackward0
+    "x.repeat(2, 1)": "ViewBackward0",             # torch: RepeatBackward0
+    "x.tile(2)": "ViewBackward0",                  # torch: RepeatBackward0
+    "x.repeat_interleave(2, dim=0)": "IndexSelectBackward0",     # torch: ViewBackward0
+    "x.masked_fill(x > 1, 0.0)": "WhereBackward0",  # torch: MaskedFillBackward0
+    "m.clamp_min(x, 1.0)": "ClampBackward1",       # torch: ClampMinBackward0
+    "m.clamp_max(x, 1.0)": "ClampBackward1",       # torch: ClampMaxBackward0
+    "m.diag(v)": "DiagonalBackwardBackward0",      # torch: DiagEmbedBackward0
+    "x.diag()": "DiagonalBackward0",               # torch: DiagonalBackward0_copy
+    "x.trace()": "SumBackward0",                   # torch: TraceBackward0
+    "m.addmm(x, x, y[:, :4])": "AddBackward0",     # torch: AddmmBackward0
+    "m.baddbmm(b, b, c[:, :, :4])": "AddBackward0",  # torch: BaddbmmBackward0
+    "m.lerp(x, x * 2, 0.3)": "AddBackward0",       # torch: LerpBackward0
+    "m.lerp(x, x * 2, x)": "WhereBackward0",       # torch: LerpBackward1
+    "x.round(decimals=1)": "DivBackward0",         # torch: RoundBackward1
+    "x.frac()": "SubBackward0",                    # torch: FracBackward0
+    "x.div(2, rounding_mode='trunc')": "TruncBackward0",         # torch: DivBackward2
 }
 
 SHAPES = {"x": (3, 4), "y": (4, 5), "v": (4,), "b": (2, 3, 4), "c": (2, 4, 5)}
