@@ -125,6 +125,15 @@ def _bind(name, fn):
 for _name, _fn in {**METHODS, **TENSOR_ONLY}.items():
     setattr(Tensor, _name, _bind(_name, _fn))
 
+
+def _div_method(self, other, *, rounding_mode=None):
+    """Same as `torch.Tensor.div`."""
+    if rounding_mode is None:                 # straight to apply, as the bound ops
+        return _registry.apply(div, (self, other), {})
+    return div_(self, other, rounding_mode=rounding_mode)
+
+
+Tensor.div = Tensor.divide = _div_method
 Tensor.__neg__ = lambda self: neg(self)
 Tensor.__pos__ = lambda self: self
 Tensor.__abs__ = lambda self: abs_(self)

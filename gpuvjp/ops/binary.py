@@ -9,6 +9,7 @@ import numpy as np
 from .. import _dtype, _trace
 from .._tensor import Tensor
 from ._registry import FLOAT, KEEP, _reconcile, defop, defvjp, fused
+from ._registry import apply as _apply
 from ._util import broadcast_shapes
 
 # ----- add, sub, mul ---------------------------------------------------------------------------
@@ -356,7 +357,7 @@ def div_(input, other, *, rounding_mode=None):
     quotient rounded toward zero or down (an integer division by zero raises RuntimeError on
     the CPU, as PyTorch's)."""
     if rounding_mode is None:
-        return div(input, other)
+        return _apply(div, (input, other), {})
     if rounding_mode not in ("trunc", "floor"):
         raise RuntimeError("div expected rounding_mode to be one of None, 'trunc', or 'floor' "
                            f"but found '{rounding_mode}'")
