@@ -162,8 +162,11 @@ def _edge(e):
     if e is None:
         return None, 0
     if type(e) is _graph.Node:
-        node, k = _resolve(e)
-        return grad_fn(node), k
+        if len(e.edges) == 1 and type(e.edges[0]) is _WeakRef:
+            e = e.edges[0]                # a leaf's stand-in (hold_leaves_weakly): the leaf
+        else:
+            node, k = _resolve(e)
+            return grad_fn(node), k
     if type(e) is _WeakRef:                       # a leaf held weakly (hold_leaves_weakly)
         e = e()
         if e is None:

@@ -251,3 +251,12 @@ def test_node_hooks_refuse_clearly():
     for register in (fn.register_hook, fn.register_prehook):
         with pytest.raises(NotImplementedError, match="hooks on grad_fn"):
             register(lambda *a: None)
+
+
+def test_gradient_graph_reaches_the_leaf_as_accumulate_grad():
+    """backward(create_graph=True) holds the leaf weakly through a stand-in node; grad_fn shows
+    the leaf's AccumulateGrad there, as PyTorch's graph does."""
+    x = gv.tensor([1.0, 2.0], requires_grad=True)
+    (x ** 3).sum().backward(create_graph=True)
+    accs = [f for f, _ in x.grad.grad_fn.next_functions if f is not None]
+    assert [type(f).__name__ for f in accs] == ["AccumulateGrad"] and accs[0].variable is x
