@@ -219,6 +219,26 @@ class Tensor:
     def is_floating_point(self):
         return self._dtype.is_floating_point
 
+    def type(self, dtype=None, non_blocking=False):  # noqa: A003  (PyTorch's name)
+        """Same as `torch.Tensor.type`: with no argument, PyTorch's type name of the tensor
+        (`"torch.FloatTensor"`, `"torch.cuda.FloatTensor"`); with a dtype or such a name, the
+        tensor cast to it (`self` when it already is)."""
+        cuda = "cuda." if self._dev.type == "cuda" else ""
+        if dtype is None:
+            return f"torch.{cuda}{_TYPE_NAMES[self._dtype.name]}"
+        if isinstance(dtype, str):
+            name = dtype.replace("torch.", "", 1).replace("cuda.", "", 1)
+            by_name = {v: k for k, v in _TYPE_NAMES.items()}
+            if not dtype.startswith("torch.") or name not in by_name:
+                raise ValueError(f"invalid type: '{dtype}'")
+            device = "cuda" if ".cuda." in dtype else "cpu"
+            dtype = _dtype.to_dtype(by_name[name])
+            if (self._dev.type == "cuda") != (device == "cuda"):
+                return self.to(device, dtype)
+        elif not isinstance(dtype, _dtype.dtype):
+            raise TypeError("dtype must be a type, str, or dtype object")
+        return self if dtype is self._dtype else self.to(dtype)
+
     def __len__(self):
         if self.ndim == 0:
             raise TypeError("len() of a 0-d tensor")

@@ -55,6 +55,8 @@ SAME = [
     "x.div(2, rounding_mode=None)", "(x // 2).requires_grad",
     "x.select(0, 1)", "x.select(-1, -3)", "m.select(b, 2, 3).shape", "x.select(1, m.tensor(1))",
     "x.unbind(1)", "m.unbind(x)", "len(m.unbind(b, -1))", "m.zeros(0, 2).unbind()",
+    "x.type()", "i.type()", "(x > 1).type()", "b.half().type()", "x.type(m.float64)",
+    "x.type('torch.LongTensor')", "x.type(m.float32) is x", "i.type('torch.LongTensor') is i",
 ]
 # The error each raises, type and message, as torch's.
 RAISES = [
@@ -64,7 +66,8 @@ RAISES = [
     "m.bitwise_xor(x, i)", "x.allclose(x.double())", "m.isclose(i, i.float())", "n.any(5)",
     "i // 0", "m.div(i, i, rounding_mode='trunc')", "m.tensor([True]) // m.tensor([True])",
     "x.div(2, rounding_mode='round')", "x.select(0, 5)", "x.select(2, 0)", "x.select(0, 1.5)",
-    "m.ones(()).select(0, 0)", "m.ones(()).unbind()", "x.unbind(2)",
+    "m.ones(()).select(0, 0)", "m.ones(()).unbind()", "x.unbind(2)", "x.type('float')",
+    "x.type(3)",
 ]
 
 
@@ -126,6 +129,8 @@ def test_strides_and_contiguity_on_the_device(device):
     assert x.stride() == (12, 4, 1) and x.is_contiguous()
     assert x.transpose(0, 2).stride() == (1, 4, 12) and not x.transpose(0, 2).is_contiguous()
     assert x.get_device() == (-1 if device == "cpu" else gv.device(device).index)
+    assert x.type() == ("torch.FloatTensor" if device == "cpu" else "torch.cuda.FloatTensor")
+    assert x.type("torch.DoubleTensor").dtype == gv.float64
     assert 0 in x and 1 not in x and f"{x.sum():.1f}" == "0.0"
     assert x.transpose(0, 2).contiguous().is_contiguous() and x.contiguous() is x
     n = gv.tensor([[1.0, float("nan")], [float("inf"), 2.0]], device=device)
