@@ -15,6 +15,9 @@ from ._dtype import float16 as float16, float32 as float32, float64 as float64
 from ._dtype import get_default_dtype as get_default_dtype
 from ._dtype import int32 as int32, int64 as int64
 from ._dtype import set_default_dtype as set_default_dtype
+from ._memory_format import contiguous_format as contiguous_format
+from ._memory_format import memory_format as memory_format
+from ._memory_format import preserve_format as preserve_format
 from ._size import Size as Size
 from ._tensor import Tensor as Tensor
 from . import autograd as autograd
@@ -30,6 +33,7 @@ from .ops import *  # noqa: F401,F403  (every op, by its PyTorch name)
 from .ops import __all__ as _ops_all
 del REGISTRY  # noqa: F821  (internal: gpuvjp.ops.REGISTRY)
 from .nn.functional import log_softmax_top as log_softmax, softmax_top as softmax
+from .ops.binary import div_ as div, div_ as divide  # rounding_mode (ops.div: the op itself)
 
 bool = _dtype.bool_  # noqa: A001  (PyTorch's name)
 half, float, double = float16, float32, float64  # noqa: A001
@@ -43,7 +47,7 @@ __all__ = sorted(set(_ops_all) - {"REGISTRY"} | {
     "rand", "randn", "manual_seed", "device", "dtype", "float16", "float32", "float64", "int32",
     "int64", "bool", "half", "float", "double", "long", "int", "get_default_dtype",
     "set_default_dtype", "get_default_device", "set_default_device", "autograd", "cuda", "nn",
-    "profiler", "compile",
+    "profiler", "compile", "memory_format", "contiguous_format", "preserve_format",
     "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "vjp", "jvp", "jacobian",
     "hessian", "vhp", "hvp", "softmax", "log_softmax"})
 del _ops_all

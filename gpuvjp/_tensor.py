@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _device, _dtype, _trace
+from . import _device, _dtype, _memory_format, _trace
 from ._lazy import Pending
 from ._size import Size
 
@@ -77,7 +77,12 @@ class Tensor:
 
     @property
     def grad_fn(self):
-        return self._node
+        """The node that made this tensor, as `torch.Tensor.grad_fn` (None for a leaf)."""
+        node = self._node
+        if node is None:
+            return None
+        from .autograd.graph import grad_fn
+        return grad_fn(node)
 
     @property
     def is_leaf(self):
@@ -134,8 +139,105 @@ class Tensor:
     def element_size(self):
         return self._dtype.itemsize
 
+    @property
+    def itemsize(self):
+        return self._dtype.itemsize
+
+    @property
+    def nbytes(self):
+        return self.numel() * self._dtype.itemsize
+
+    def ndimension(self):
+        return self.ndim
+
+    def is_complex(self):
+        return False
+
+    is_sparse = is_quantized = is_meta = False        # dense, real tensors on a real device
+
+    def get_device(self):
+        """Same as `torch.Tensor.get_device`: the CUDA device index, or -1 on the CPU."""
+        return -1 if self._dev.type == "cpu" else self._dev.index
+
+    def stride(self, dim=None):
+        """Same as `torch.Tensor.stride`: the step, in elements, of each dim of the backing
+        array (a transposed tensor's are swapped, an expanded dim's is 0)."""
+        a = self._array()
+        steps = [s // a.itemsize for s in a.strides[self._nb:]]
+        shape, nxt = a.shape[self._nb:], 1
+        for d in range(len(steps) - 1, -1, -1):
+            if shape[d] == 1:             # any step is right there: PyTorch's (as contiguous)
+                steps[d] = nxt
+            nxt = steps[d] * max(shape[d], 1)
+        steps = tuple(steps)
+        if dim is None:
+            return steps
+        from .ops._util import norm_dim
+        return steps[norm_dim(dim, self.ndim)]
+
+    def is_contiguous(self, memory_format=None):
+        """Same as `torch.Tensor.is_contiguous` (row-major order, memory_format
+        `gv.contiguous_format`)."""
+        _memory_format.check(memory_format, "is_contiguous")
+        a = self._array()
+        return bool(a[(0,) * self._nb].flags.c_contiguous if self._nb else a.flags.c_contiguous)
+
+    @property
+    def H(self):
+        """Same as `torch.Tensor.H`: the transpose of a matrix (gpuvjp's dtypes are real)."""
+        if self.ndim not in (0, 2):
+            raise RuntimeError("tensor.H is only supported on matrices (2-D tensors). Got "
+                               f"{self.ndim}-D tensor." + (" For batches of matrices, consider "
+                                                           "using tensor.mH" if self.ndim > 2
+                                                           else ""))
+        return self.T if self.ndim == 2 else self
+
+    @property
+    def mH(self):
+        """Same as `torch.Tensor.mH`: the transpose of the last two dims (real dtypes)."""
+        if self.ndim < 2:
+            raise RuntimeError("tensor.mH is only supported on matrices or batches of matrices. "
+                               f"Got {self.ndim}-D tensor.")
+        return self.mT
+
+    def retain_grad(self):
+        """Same as `torch.Tensor.retain_grad`: a non-leaf keeps its gradient in `.grad` after
+        `backward()` (a leaf already does)."""
+        if not self._requires_grad:
+            raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
+        if self._node is not None:
+            from .autograd.graph import retain
+            retain(self)
+
+    @property
+    def retains_grad(self):
+        if self._node is None:
+            return False
+        from .autograd.graph import retains
+        return retains(self)
+
     def is_floating_point(self):
         return self._dtype.is_floating_point
+
+    def type(self, dtype=None, non_blocking=False):  # noqa: A003  (PyTorch's name)
+        """Same as `torch.Tensor.type`: with no argument, PyTorch's type name of the tensor
+        (`"torch.FloatTensor"`, `"torch.cuda.FloatTensor"`); with a dtype or such a name, the
+        tensor cast to it (`self` when it already is)."""
+        cuda = "cuda." if self._dev.type == "cuda" else ""
+        if dtype is None:
+            return f"torch.{cuda}{_TYPE_NAMES[self._dtype.name]}"
+        if isinstance(dtype, str):
+            name = dtype.replace("torch.", "", 1).replace("cuda.", "", 1)
+            by_name = {v: k for k, v in _TYPE_NAMES.items()}
+            if not dtype.startswith("torch.") or name not in by_name:
+                raise ValueError(f"invalid type: '{dtype}'")
+            device = "cuda" if ".cuda." in dtype else "cpu"
+            dtype = _dtype.to_dtype(by_name[name])
+            if (self._dev.type == "cuda") != (device == "cuda"):
+                return self.to(device, dtype)
+        elif not isinstance(dtype, _dtype.dtype):
+            raise TypeError("dtype must be a type, str, or dtype object")
+        return self if dtype is self._dtype else self.to(dtype)
 
     def __len__(self):
         if self.ndim == 0:
@@ -197,8 +299,8 @@ class Tensor:
     def __bool__(self):
         n = self.numel()
         if n != 1:
-            raise RuntimeError(f"Boolean value of Tensor with {'no' if n == 0 else 'more than one'}"
-                               " values is ambiguous")
+            raise RuntimeError("Boolean value of Tensor with "
+                               f"{'no values' if n == 0 else 'more than one value'} is ambiguous")
         return bool(self.item())
 
     def __dlpack__(self, *args, **kwargs):
@@ -339,6 +441,20 @@ class Tensor:
         from .ops.shape import getitem
         return getitem(self, key)
 
+    def __contains__(self, element):
+        """Same as `torch.Tensor.__contains__`: `element` (a number or a tensor) equals some
+        entry (broadcast)."""
+        if not isinstance(element, (Tensor, bool, int, float, np.generic)):
+            raise RuntimeError("Tensor.__contains__ only supports Tensor or scalar, but you "
+                               f"passed in a {type(element)}.")
+        return bool((self == element)._host().any())
+
+    def __format__(self, format_spec):
+        """A 0-d tensor formats as its number (`f"{t:.3f}"`), as in torch."""
+        if self.ndim == 0 and type(self) is Tensor:
+            return self.item().__format__(format_spec)
+        return object.__format__(self, format_spec)
+
     def __iter__(self):
         if self.ndim == 0:
             raise TypeError("iteration over a 0-d tensor")
@@ -402,7 +518,7 @@ def _operator(fn_name):
 for _name, _fn in (("add", "add"), ("sub", "sub"), ("mul", "mul"), ("truediv", "div"),
                    ("pow", "pow"), ("matmul", "matmul"), ("eq", "eq"), ("ne", "ne"),
                    ("lt", "lt"), ("le", "le"), ("gt", "gt"), ("ge", "ge"),
-                   ("and", "logical_and"), ("or", "logical_or"), ("xor", "logical_xor")):
+                   ("and", "bitwise_and"), ("or", "bitwise_or"), ("xor", "bitwise_xor")):
     setattr(Tensor, f"__{_name}__", _binary(_fn))
     if _name in ("add", "sub", "mul", "truediv", "pow", "matmul", "and", "or", "xor"):
         setattr(Tensor, f"__r{_name}__", _binary(_fn, reflected=True))
@@ -422,3 +538,7 @@ def _rebuild(cls, data, dtype_name, device_type, requires_grad, nb):
     t = cls._make(data, dev, _dtype.to_dtype(dtype_name), None)
     t._requires_grad, t._nb = requires_grad, nb
     return t
+Tensor.__mod__ = _binary("remainder")            # torch's `%`: remainder, the sign of the divisor
+Tensor.__rmod__ = _binary("remainder", reflected=True)
+Tensor.__floordiv__ = _binary("floor_divide")    # torch's `//`
+Tensor.__rfloordiv__ = _binary("floor_divide", reflected=True)

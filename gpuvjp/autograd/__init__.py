@@ -7,8 +7,8 @@ from .._tensor import Tensor
 from ._graph import hold_leaves_weakly, run_backward
 from ._mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 
-__all__ = ["backward", "grad", "functional", "Function", "function", "no_grad", "enable_grad",
-           "set_grad_enabled", "is_grad_enabled", "gradcheck", "gradgradcheck"]
+__all__ = ["backward", "grad", "functional", "graph", "Function", "function", "no_grad",
+           "enable_grad", "set_grad_enabled", "is_grad_enabled", "gradcheck", "gradgradcheck"]
 
 
 def _tensors(x, what):
@@ -106,8 +106,15 @@ def _grad(outputs, inputs, grads, retain_graph, create_graph, allow_unused=True,
     """autograd.grad past its argument checks: `outputs` require grad, `grads` are their
     seeds (_seed_grads), `inputs` require grad."""
     keys = [id(t if t._node is None else t._node) for t in inputs]     # as _key
-    found = run_backward([o if o._node is None else o._node for o in outputs], grads,
-                         set(keys), retain_graph, create_graph, leaves=True)
+    roots = [o if o._node is None else o._node for o in outputs]
+    targets = set(keys)
+    keep = None
+    if graph.RETAINED:              # a non-leaf that retains its gradient gets it here too
+        keep = graph.retained_below(roots)[1]
+        targets |= set(keep)
+    found = run_backward(roots, grads, targets, retain_graph, create_graph, leaves=True)
+    if keep:
+        _fill_retained(keep, found, create_graph)
     result = []
     for i, t in enumerate(inputs):
         g = found.get(keys[i])
@@ -128,6 +135,14 @@ def _grad(outputs, inputs, grads, retain_graph, create_graph, allow_unused=True,
     return tuple(result)
 
 
+def _fill_retained(keep, found, create_graph):
+    """Accumulate the gradients a sweep found at retained nodes into their tensors' `.grad`."""
+    for k, t in keep.items():
+        if k in found:
+            g = found[k][1] if create_graph else found[k][1].detach()
+            t.grad = g if t.grad is None else t.grad + g
+
+
 def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None):
     """Same as `torch.autograd.backward`: accumulates into the leaves' `.grad`."""
     tensors = _tensors(tensors, "tensors")
@@ -144,11 +159,19 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
         if not inputs:
             raise RuntimeError("'inputs' argument to backward() cannot be empty.")
         targets = {id(_key(t)) for t in inputs}
-    found = run_backward([_key(o) for o in tensors], grads, targets, retain_graph,
-                         create_graph, leaves=True)
+    roots = [_key(o) for o in tensors]
+    keep = None
+    if graph.RETAINED:              # some non-leaf retains its gradient (retain_grad)
+        leaves, keep = graph.retained_below(roots)
+        if keep:
+            targets = (leaves if targets is None else targets) | set(keep)
+    found = run_backward(roots, grads, targets, retain_graph, create_graph, leaves=True)
+    if keep:
+        found = {k: (keep[k] if k in keep else v[0], v[1]) for k, v in found.items()}
     if create_graph:
         # unlike PyTorch, leaf.grad's graph holds the leaf weakly: no reference cycle
-        hold_leaves_weakly({k: v for k, v in found.items() if isinstance(v[0], Tensor)})
+        hold_leaves_weakly({k: v for k, v in found.items()
+                            if isinstance(v[0], Tensor) and v[0]._node is None})
     for leaf, g in found.values():
         if not create_graph:
             g = g.detach()
@@ -161,5 +184,6 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
 
 from . import functional  # noqa: E402
 from . import function  # noqa: E402
+from . import graph  # noqa: E402
 from .function import Function  # noqa: E402
 from .gradcheck import gradcheck, gradgradcheck  # noqa: E402

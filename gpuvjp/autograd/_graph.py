@@ -58,8 +58,10 @@ class Node:
     unless the graph is retained.
     """
 
+    # metadata: the user's dict (grad_fn.metadata), set only when first read; unset slots
+    # cost nothing here, where every op builds a node
     __slots__ = ("op", "inputs", "params", "edges", "ans", "ans_tangent", "out_meta",
-                 "released", "__weakref__")
+                 "released", "metadata", "__weakref__")
 
     def __init__(self, op, inputs, params, edges, ans, out_meta):
         self.op = op

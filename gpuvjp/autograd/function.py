@@ -312,6 +312,7 @@ def _select_op(name):
 
     class _SelectOp(Op):
         __slots__ = ()
+        selects_output = True        # grad_fn shows the Function's node and output k instead
 
         def unpack_ans(self, node):
             return None

@@ -25,6 +25,11 @@ from .reduce import cumprod, trace
 from .linalg import addmm, baddbmm
 from .binary import (clamp_max, clamp_min, fmod, hypot, lerp, logaddexp, masked_fill,
                      remainder)
+from .binary import bitwise_and, bitwise_not, bitwise_or, bitwise_xor
+from .binary import isclose, isfinite, isinf, isnan
+from .binary import div_, floor_divide
+from .shape import select, unbind
+from .reduce import all_, allclose, any_, equal
 from .unary import (acos, arccos, arcsin, arcsinh, arctan, arctanh, asin, asinh, atan, atanh,
                     ceil, cosh, fix, floor, frac, sinh, trunc)
 from .unary import round as round_
@@ -37,7 +42,9 @@ clone_.elementwise = True
 
 
 def clone(input, *, memory_format=None):
-    """Same as `torch.clone`."""
+    """Same as `torch.clone` (`memory_format`: gpuvjp keeps row-major order)."""
+    from .._memory_format import check
+    check(memory_format, "clone")
     return clone_(input)
 
 
@@ -48,6 +55,8 @@ negative = neg
 absolute = abs_
 sum = sum_       # noqa: A001  (the public name is PyTorch's)
 abs = abs_       # noqa: A001
+any = any_       # noqa: A001
+all = all_       # noqa: A001
 max, min = max_, min_      # noqa: A001
 round = round_             # noqa: A001
 greater, greater_equal, less, less_equal, not_equal = gt, ge, lt, le, ne
@@ -81,6 +90,12 @@ METHODS.update(
     arcsin=arcsin, arccos=arccos, arctan=arctan, floor=floor, ceil=ceil, trunc=trunc, fix=fix,
     round=round_, frac=frac,
 )
+METHODS.update(bitwise_and=bitwise_and, bitwise_or=bitwise_or, bitwise_xor=bitwise_xor,
+               bitwise_not=bitwise_not, isnan=isnan, isinf=isinf, isfinite=isfinite,
+               isclose=isclose, allclose=allclose, equal=equal, any=any_, all=all_,
+               floor_divide=floor_divide, select=select, unbind=unbind)
+# `t.div(y, rounding_mode=...)`; the `/` operator and gv.div's fast path stay the op itself
+METHODS.update(div=div_, divide=div_)
 
 
 def _creation_method(name):
@@ -110,10 +125,28 @@ def _bind(name, fn):
 for _name, _fn in {**METHODS, **TENSOR_ONLY}.items():
     setattr(Tensor, _name, _bind(_name, _fn))
 
+
+def _div_method(self, other, *, rounding_mode=None):
+    """Same as `torch.Tensor.div`."""
+    if rounding_mode is None:                 # straight to apply, as the bound ops
+        return _registry.apply(div, (self, other), {})
+    return div_(self, other, rounding_mode=rounding_mode)
+
+
+Tensor.div = Tensor.divide = _div_method
 Tensor.__neg__ = lambda self: neg(self)
 Tensor.__pos__ = lambda self: self
 Tensor.__abs__ = lambda self: abs_(self)
-Tensor.__invert__ = lambda self: logical_not(self)
+
+
+def _invert(self):
+    if self._dtype.is_floating_point:
+        raise TypeError("~ (operator.invert) is only implemented on integer and Boolean-type "
+                        "tensors")
+    return bitwise_not(self)
+
+
+Tensor.__invert__ = _invert
 Tensor.where = lambda self, condition, other: where(condition, self, other)
 Tensor.view_as = lambda self, other: view(self, other.shape)
 Tensor.reshape_as = lambda self, other: reshape(self, other.shape)
@@ -121,6 +154,7 @@ Tensor.expand_as = lambda self, other: expand(self, *other.shape)
 Tensor.T = property(lambda self: permute(self, *reversed(range(self.ndim))))
 Tensor.mT = property(lambda self: transpose(self, -2, -1))
 Tensor.flip = shape.flip_method
+Tensor.__reversed__ = lambda self: self if self.ndim == 0 else flip(self, (0,))   # as torch's
 
 __all__ = sorted(set(METHODS) | {"where", "einsum", "REGISTRY", "broadcast_tensors",
                                   "true_divide", "cat", "concat", "concatenate", "stack"})

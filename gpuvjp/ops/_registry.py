@@ -125,6 +125,10 @@ TORCH_NAMES = {
     "norm": "LinalgVectorNormBackward0",
     "gelu_tanh": "GeluBackward0",
     "cross_entropy_nll": "NllLossBackward0",
+    "floor_divide": "DivBackward2",         # torch's div(rounding_mode="floor")
+    "fmod": lambda node: "FmodBackward0" if _scalar_at(node, 1) else "FmodBackward1",
+    "remainder": lambda node: "RemainderBackward0" if _scalar_at(node, 1)
+                              else "RemainderBackward1",
 }
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .. import _dtype
+from .. import _dtype, _trace
 from .._tensor import Tensor
-from ._registry import FLOAT, KEEP, defop, defvjp, fused
+from ._registry import FLOAT, KEEP, _reconcile, defop, defvjp, fused
+from ._registry import apply as _apply
 from ._util import broadcast_shapes
 
 # ----- add, sub, mul ---------------------------------------------------------------------------
@@ -153,9 +156,13 @@ def where(condition, input, other):
     ref = input if hasattr(input, "_dev") else other
     if not hasattr(ref, "_dev"):
         ref = condition
-    input = _as_tensor(input, dt, ref)
-    other = _as_tensor(other, dt, ref)
-    return where_(condition, to_dtype(input, dt), to_dtype(other, dt))
+    args = [condition, to_dtype(_as_tensor(input, dt, ref), dt),
+            to_dtype(_as_tensor(other, dt, ref), dt)]
+    dev = _reconcile(where_, args)            # 0-d CPU tensors join a cuda where, as PyTorch's
+    if any(a._dev != dev for a in args):
+        from .shape import to_device
+        args = [a if a._dev == dev else to_device(a, dev) for a in args]
+    return where_(*args)
 
 
 def _as_tensor(v, dt, ref):
@@ -244,11 +251,17 @@ defvjp(logaddexp_, lambda g, ans, x, y: g * sigmoid(x - y),
                    lambda g, ans, x, y: g * sigmoid(y - x))
 
 
-def _floating(name, *args):
-    for a in args:
-        if hasattr(a, "_dev") and not a._dtype.is_floating_point:
-            raise NotImplementedError(
-                f'"{name}_cpu" not implemented for \'{a._dtype.scalar_name}\'')
+def _floating(name, input, other):
+    """PyTorch's checks: two tensors, whose promoted dtype is floating (the message names the
+    kernel PyTorch dispatches to on the device)."""
+    for arg, pos, a in (("input", 1, input), ("other", 2, other)):
+        if not hasattr(a, "_dev"):
+            raise TypeError(f"{name}(): argument '{arg}' (position {pos}) must be Tensor, not "
+                            f"{type(a).__name__}")
+    dt = _dtype.result_type(input, other)
+    if not dt.is_floating_point:
+        raise NotImplementedError(
+            f'"{name}_{input._dev.type}" not implemented for \'{dt.scalar_name}\'')
 
 
 def hypot(input, other):
@@ -273,29 +286,117 @@ remainder_ = defop("remainder", np.remainder, saves_ans=False)
 defvjp(remainder_, lambda g, ans, x, y: g, lambda g, ans, x, y: -g * floor_(x / y))
 
 
+def _is_integral(a):
+    if hasattr(a, "_dtype"):
+        return not a._dtype.is_floating_point
+    return isinstance(a, (int, np.integer))
+
+
+def _integer_division_by_zero(input, other):
+    """Raise as PyTorch's CPU kernels do for an integer division by zero. A divisor tensor on
+    the GPU is not read (that would cost a sync per call): there the result is 0 where the
+    divisor is 0 (docs/differences.md)."""
+    if not (_is_integral(input) and _is_integral(other)):
+        return
+    if hasattr(other, "_dtype"):
+        if other._dev.type != "cpu":
+            return
+        a = other._array()
+        if _trace.ON:
+            _trace.read(a, "an integer division-by-zero check")
+        zero = not a.all()
+    else:
+        zero = other == 0
+    if zero:
+        raise RuntimeError("ZeroDivisionError")
+
+
 def fmod(input, other):
-    """Same as `torch.fmod`: the remainder of input / other with the sign of input."""
+    """Same as `torch.fmod`: the remainder of input / other with the sign of input. An integer
+    division by zero raises RuntimeError on the CPU, as PyTorch's."""
+    _integer_division_by_zero(input, other)
     return fmod_(input, other)
 
 
 def remainder(input, other):
     """Same as `torch.remainder`: the remainder of input / other with the sign of other (Python's
-    %). A Python number `input` is accepted, as PyTorch's."""
+    %). A Python number `input` is accepted, as PyTorch's. An integer division by zero raises
+    RuntimeError on the CPU, as PyTorch's."""
+    _integer_division_by_zero(input, other)
     return remainder_(input, other)
 
 
+# ----- div with rounding_mode, floor_divide ----------------------------------------------------
+# q = floor(x / y) as Python's // (NumPy's floor_divide: 1.0 // 0.1 is 9.0), or trunc(x / y).
+# The gradient is 0 almost everywhere, as PyTorch's.
+floor_divide_ = defop("floor_divide", np.floor_divide, saves_ans=False, saves_inputs=False)
+defvjp(floor_divide_, lambda g, ans, x, y: zeros_like_(g), lambda g, ans, x, y: zeros_like_(g))
+
+
+def _rounded_div(input, other, rounding_mode):
+    dt = _dtype.result_type(input, other)
+    if dt is _dtype.bool_:
+        dev = next(a for a in (input, other) if hasattr(a, "_dev"))._dev.type
+        raise NotImplementedError(f'"div_{rounding_mode}_{dev}" not implemented for \'Bool\'')
+    _integer_division_by_zero(input, other)
+    if rounding_mode == "floor":
+        return floor_divide_(input, other)
+    if dt.is_floating_point:
+        return trunc_(div(input, other))
+    # integers: |x| // |y| with the sign of x y
+    def sign_abs(a):
+        if hasattr(a, "_dev"):
+            return sign(a), abs_(a)
+        return (a > 0) - (a < 0), abs(a)
+    (sx, ax), (sy, ay) = sign_abs(input), sign_abs(other)
+    return sx * sy * floor_divide_(ax, ay)
+
+
+def div_(input, other, *, rounding_mode=None):
+    """Same as `torch.div`: input / other; with `rounding_mode` "trunc" or "floor", the
+    quotient rounded toward zero or down (an integer division by zero raises RuntimeError on
+    the CPU, as PyTorch's)."""
+    if rounding_mode is None:
+        return _apply(div, (input, other), {})
+    if rounding_mode not in ("trunc", "floor"):
+        raise RuntimeError("div expected rounding_mode to be one of None, 'trunc', or 'floor' "
+                           f"but found '{rounding_mode}'")
+    return _rounded_div(input, other, rounding_mode)
+
+
+def floor_divide(input, other):
+    """Same as `torch.floor_divide` (and `//`): the quotient rounded down, as Python's //."""
+    return _rounded_div(input, other, "floor")
+
+
 # ----- lerp ------------------------------------------------------------------------------------
+# the C++ type names PyTorch's lerp messages print
+_CPP_NAMES = {"float16": "c10::Half", "float32": "float", "float64": "double", "int32": "int",
+              "int64": "long int", "bool": "bool"}
+
+
 def lerp(input, end, weight):
     """Same as `torch.lerp`: input + weight (end - input), elementwise. As PyTorch, it is
     computed as end - (end - input)(1 - weight) where |weight| >= 0.5, so weight = 1 gives end
-    exactly; the gradients are 1 - weight, weight and end - input either way."""
-    if end._dtype is not input._dtype:
-        raise RuntimeError(f"expected dtype {input._dtype.scalar_name.lower()} for `end` but got "
-                           f"dtype {end._dtype.scalar_name.lower()}")
+    exactly; the gradients are 1 - weight, weight and end - input either way. `end` and a
+    `weight` tensor of one or more dims must have input's dtype (RuntimeError otherwise)."""
+    for arg, a in (("input", input), ("end", end)):
+        if not hasattr(a, "_dev"):
+            raise TypeError(f"lerp(): argument '{arg}' must be Tensor, not {type(a).__name__}")
+    tensor_weight = hasattr(weight, "_dev")
+    for arg, a in (("end", end), ("weight", weight if tensor_weight and weight.ndim else end)):
+        if a._dtype is not input._dtype:
+            raise RuntimeError(f"expected dtype {_CPP_NAMES[input._dtype.name]} for `{arg}` "
+                               f"but got dtype {_CPP_NAMES[a._dtype.name]}")
+    if not input._dtype.is_floating_point:
+        kernel = "lerp_cuda" if input._dev.type == "cuda" else \
+            f"lerp_kernel_{'tensor' if tensor_weight else 'scalar'}"
+        raise NotImplementedError(f'"{kernel}" not implemented for '
+                                  f"'{input._dtype.scalar_name}'")
     diff = end - input
-    if not hasattr(weight, "_dev"):
+    if not tensor_weight:
         return input + weight * diff if abs(weight) < 0.5 else end - diff * (1 - weight)
-    return where_(lt(abs_(weight), 0.5), input + weight * diff, end - diff * (1 - weight))
+    return where(lt(abs_(weight), 0.5), input + weight * diff, end - diff * (1 - weight))
 
 
 # ----- comparisons and logical ops (no gradient, bool results) ---------------------------------
@@ -312,4 +413,82 @@ logical_or = defop("logical_or", np.logical_or, differentiable=False, out_dtype=
 logical_xor = defop("logical_xor", np.logical_xor, differentiable=False, out_dtype=_dt.bool_)
 logical_not = defop("logical_not", np.logical_not, differentiable=False, out_dtype=_dt.bool_)
 
-from .unary import abs_, floor_, log, sigmoid, trunc_, zeros_like_  # noqa: E402  (rules above)
+# ----- isnan, isinf, isfinite (no gradient, bool results) ------------------------------------
+def isnan(input):
+    """Same as `torch.isnan`: True where `input` is NaN (only NaN differs from itself)."""
+    return ne(input, input)
+
+
+def isinf(input):
+    """Same as `torch.isinf`: True where `input` is +inf or -inf."""
+    if not input._dtype.is_floating_point:
+        return ne(input, input)                        # all False
+    return eq(abs_(input), math.inf)
+
+
+def isfinite(input):
+    """Same as `torch.isfinite`: True where `input` is neither NaN nor infinite (x - x is 0
+    exactly there, NaN elsewhere)."""
+    if not input._dtype.is_floating_point:
+        return eq(input, input)                        # all True
+    return eq(input - input, 0)
+
+
+def isclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):
+    """Same as `torch.isclose`: |input - other| <= atol + rtol |other|, elementwise (equal
+    infinities are close; NaNs are close to each other only with `equal_nan`)."""
+    if input._dtype is not other._dtype:
+        raise RuntimeError(f"{input._dtype.scalar_name} did not match "
+                           f"{other._dtype.scalar_name}")
+    a, b = input.detach(), other.detach()
+    if not a._dtype.is_floating_point:
+        if a._dtype is _dt.bool_:
+            return eq(a, b)
+        a, b = a.double(), b.double()
+    close = logical_or(eq(a, b), le(abs_(a - b), atol + rtol * abs_(b)))
+    if equal_nan:
+        close = logical_or(close, logical_and(isnan(a), isnan(b)))
+    return close
+
+
+# ----- bitwise ops (integer and bool tensors; no gradient) -------------------------------------
+bitwise_and_ = defop("bitwise_and", np.bitwise_and, differentiable=False)
+bitwise_or_ = defop("bitwise_or", np.bitwise_or, differentiable=False)
+bitwise_xor_ = defop("bitwise_xor", np.bitwise_xor, differentiable=False)
+bitwise_not_ = defop("bitwise_not", np.invert, differentiable=False)
+
+
+def _integral(name, *args):
+    """PyTorch's bitwise kernels take integers and bools only (the message names the kernel)."""
+    dt = _dtype.result_type(*args)
+    if dt.is_floating_point:
+        dev = next(a for a in args if hasattr(a, "_dev"))._dev.type
+        raise NotImplementedError(f'"{name}_{dev}" not implemented for \'{dt.scalar_name}\'')
+
+
+def bitwise_and(input, other):
+    """Same as `torch.bitwise_and`: `&` of integer or bool tensors (logical for bool)."""
+    _integral("bitwise_and", input, other)
+    return bitwise_and_(input, other)
+
+
+def bitwise_or(input, other):
+    """Same as `torch.bitwise_or`: `|` of integer or bool tensors (logical for bool)."""
+    _integral("bitwise_or", input, other)
+    return bitwise_or_(input, other)
+
+
+def bitwise_xor(input, other):
+    """Same as `torch.bitwise_xor`: `^` of integer or bool tensors (logical for bool)."""
+    _integral("bitwise_xor", input, other)
+    return bitwise_xor_(input, other)
+
+
+def bitwise_not(input):
+    """Same as `torch.bitwise_not`: `~` of an integer or bool tensor (logical for bool)."""
+    _integral("bitwise_not", input)
+    return bitwise_not_(input)
+
+
+from .unary import (abs_, floor_, log, sigmoid, sign, trunc_,  # noqa: E402  (rules above)
+                    zeros_like_)

@@ -805,3 +805,32 @@ def trace(input):
     if input.ndim != 2:
         raise RuntimeError(f"trace: expected a matrix, but got tensor with dim {input.ndim}")
     return sum_(_shape.diagonal(input))
+
+
+# ----- any, all, allclose, equal (no gradient) ------------------------------------------------
+def any_(input, dim=None, keepdim=False):
+    """Same as `torch.any`: whether some entry (along `dim`, an int or a tuple) is nonzero, as
+    a bool tensor; False for no entries."""
+    nz = input if input._dtype.name == "bool" else ne(input.detach(), 0)
+    return sum_(nz, dim, keepdim) > 0
+
+
+def all_(input, dim=None, keepdim=False):
+    """Same as `torch.all`: whether every entry (along `dim`, an int or a tuple) is nonzero,
+    as a bool tensor; True for no entries."""
+    return sum_(eq(input.detach(), 0), dim, keepdim) == 0
+
+
+def allclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):
+    """Same as `torch.allclose`: `isclose(input, other, ...)` holds everywhere, as a Python
+    bool (one host read)."""
+    from .binary import isclose
+    return bool(all_(isclose(input, other, rtol, atol, equal_nan)).item())
+
+
+def equal(input, other):
+    """Same as `torch.equal`: the same shape and the same values (after promotion; a NaN is
+    never equal), as a Python bool (one host read)."""
+    if input.shape != other.shape:
+        return False
+    return bool(all_(eq(input.detach(), other.detach())).item())

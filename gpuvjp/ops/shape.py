@@ -9,6 +9,7 @@ import operator
 import numpy as np
 
 from .. import _device, _dtype, _trace
+from .._lazy import Pending
 from .._tensor import Tensor
 from ..autograd import _mode
 from . import _kernels
@@ -289,9 +290,17 @@ def broadcast_tensors(*tensors):
     return tuple(expand(t_, *shape) for t_ in tensors)
 
 
-def contiguous(input):
-    """Same as `torch.Tensor.contiguous`: gpuvjp tensors are values, so this returns `input`."""
-    return input
+def contiguous(input, memory_format=None):
+    """Same as `torch.Tensor.contiguous`: `input` itself when its array is in row-major order
+    (or not computed yet: a fused result is written in row-major order), else a row-major copy
+    (a transposed or expanded view), so that its array can go to a kernel of one's own."""
+    from .._memory_format import check
+    check(memory_format, "contiguous")
+    d = input._data
+    if type(d) is Pending or d.flags.c_contiguous:
+        return input
+    from . import clone_
+    return clone_(input)
 
 
 # ----- basic and advanced indexing -------------------------------------------------------------
@@ -1034,3 +1043,29 @@ def triu(input, diagonal=0):
     if input.ndim < 2:
         raise RuntimeError("triu: input tensor must have at least 2 dimensions")
     return triu_(input, diagonal=operator.index(diagonal))
+
+
+# ----- select, unbind --------------------------------------------------------------------------
+def select(input, dim, index):
+    """Same as `torch.select`: the slice of `input` at `index` along `dim`, which it removes
+    (`x.select(0, i)` is `x[i]`)."""
+    if input.ndim == 0:
+        raise IndexError("select() cannot be applied to a 0-dim tensor.")
+    d = norm_dim(dim, input.ndim)
+    if isinstance(index, (float, bool)) or not hasattr(index, "__index__"):
+        raise TypeError(f"select(): argument 'index' (position 2) must be int, not "
+                        f"{type(index).__name__}")
+    i, size = operator.index(index), input.shape[d]
+    if not -size <= i < size:
+        raise IndexError(f"select(): index {i} out of range for tensor of size "
+                         f"{list(input.shape)} at dimension {d}")
+    return getitem(input, (slice(None),) * d + (i,))
+
+
+def unbind(input, dim=0):
+    """Same as `torch.unbind`: the slices of `input` along `dim`, as a tuple (each one
+    `select(input, dim, i)`)."""
+    if input.ndim == 0:
+        raise IndexError("Dimension specified as 0 but tensor has no dimensions")
+    d = norm_dim(dim, input.ndim)
+    return tuple(select(input, d, i) for i in range(input.shape[d]))

@@ -393,8 +393,22 @@ ERRORS = {
     "addmm_broadcast": lambda m: m.addmm(m.zeros(4), m.zeros(2, 3), m.zeros(3, 3)),
     "baddbmm_2d": lambda m: m.baddbmm(m.zeros(3), m.zeros(2, 3), m.zeros(2, 3, 3)),
     "lerp_dtype": lambda m: m.lerp(m.zeros(2), m.zeros(2, dtype=m.float64), 0.5),
+    "lerp_weight_dtype": lambda m: m.lerp(m.zeros(2), m.zeros(2), m.zeros(2, dtype=m.float64)),
+    "lerp_weight_half": lambda m: m.zeros(2).lerp(m.zeros(2), m.zeros(1, dtype=m.float16)),
+    "lerp_weight_long": lambda m: m.lerp(m.zeros(2), m.zeros(2), m.zeros(2, dtype=m.int64)),
+    "lerp_end_half": lambda m: m.lerp(m.zeros(2, dtype=m.float16), m.zeros(2), 0.5),
+    "lerp_int_scalar": lambda m: m.lerp(m.arange(3), m.arange(3), 0.5),
+    "lerp_int_tensor": lambda m: m.lerp(m.arange(3), m.arange(3), m.arange(3)),
     "hypot_int": lambda m: m.hypot(m.arange(3), m.arange(3)),
+    "hypot_bool": lambda m: m.hypot(m.arange(3) > 0, m.arange(3) > 1),
+    "hypot_number": lambda m: m.hypot(2.0, m.zeros(2)),
     "logaddexp_int": lambda m: m.arange(3).logaddexp(m.arange(3)),
+    "logaddexp_int32": lambda m: m.logaddexp(m.arange(3).int(), m.arange(3)),
+    "logaddexp_number": lambda m: m.logaddexp(m.zeros(2), 1),
+    "fmod_int_by_zero": lambda m: m.fmod(m.tensor([5, -3]), m.tensor([0, 2])),
+    "fmod_int_by_zero_number": lambda m: m.tensor([5, -3]).fmod(0),
+    "remainder_int_by_zero": lambda m: m.tensor([5, -3]).remainder(m.tensor(0)),
+    "remainder_number_by_zero": lambda m: m.remainder(5, m.tensor([1, 0])),
     "round_int_decimals": lambda m: m.round(m.arange(3), decimals=1),
     "frac_int": lambda m: m.arange(3).frac(),
 }
@@ -410,6 +424,46 @@ def test_errors(name):
     assert got.type is want.type, (got.value, want.value)
     if ORACLE_MESSAGES:
         assert str(got.value).splitlines()[0] == str(want.value).splitlines()[0]
+
+
+@needs_torch
+def test_mixed_dtypes_as_torch(device):
+    """A 0-d weight of another dtype (a CPU one joins a cuda lerp), hypot and logaddexp of a
+    float and an integer tensor, and an integer fmod by a nonzero divisor (or a float one by
+    zero) work as in torch."""
+    progs = [lambda m, x: m.lerp(x, x * 2, m.tensor(0.25, dtype=m.float64)),
+             lambda m, x: m.lerp(x, x * 2, m.tensor(2)),
+             lambda m, x: m.hypot(x, x.long()), lambda m, x: m.logaddexp(x.int(), x),
+             lambda m, x: m.fmod(x.long() - 3, idx(m, x, [2, -3, 1, 5])),
+             lambda m, x: m.remainder(x.long() - 3, 2), lambda m, x: m.fmod(x, 0.0),
+             lambda m, x: m.remainder(x, idx(m, x, [0, 1, 0, 2]))]
+    x = np.arange(4.0, dtype=np.float32)
+    for f in progs:
+        want = f(torch, torch.tensor(x))
+        got = f(gv, gv.tensor(x, device=device))
+        assert str(got.dtype).split(".")[1] == str(want.dtype).split(".")[1]
+        np.testing.assert_allclose(got.cpu().numpy(), want.numpy(), rtol=1e-6)
+
+
+def test_kernel_names_in_messages_follow_the_device(device):
+    """PyTorch's messages name the kernel of the tensor's device (`hypot_cuda` on cuda)."""
+    kind = gv.device(device).type
+    x = gv.arange(3, device=device)
+    for f, kernel in ((gv.hypot, f"hypot_{kind}"), (gv.logaddexp, f"logaddexp_{kind}")):
+        with pytest.raises(NotImplementedError, match=f'^"{kernel}" not implemented for '):
+            f(x, x)
+    lerp = "lerp_cuda" if kind == "cuda" else "lerp_kernel_scalar"
+    with pytest.raises(NotImplementedError, match=f'^"{lerp}" not implemented for \'Long\''):
+        x.lerp(x, 0.5)
+
+
+@pytest.mark.gpu
+def test_integer_modulo_by_zero_on_cuda_gives_zero():
+    """On cuda the divisor is not read back to the host (docs/differences.md): no error, and 0
+    where the divisor is 0."""
+    x, y = gv.tensor([5, -3, 7], device="cuda"), gv.tensor([0, 2, 0], device="cuda")
+    assert gv.fmod(x, y).tolist() == [0, -1, 0]
+    assert gv.remainder(x, y).tolist() == [0, 1, 0]
 
 
 def test_round_halves_to_even_and_decimals(device):
