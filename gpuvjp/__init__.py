@@ -20,6 +20,7 @@ from ._dtype import set_default_dtype as set_default_dtype
 from ._tensor import Tensor as Tensor
 from . import autograd as autograd
 from . import cuda as cuda
+from . import distributed as distributed
 from . import nn as nn
 from . import profiler as profiler
 from .autograd import enable_grad as enable_grad, is_grad_enabled as is_grad_enabled
@@ -42,7 +43,8 @@ __all__ = sorted(set(_ops_all) | {
     "full", "zeros_like", "ones_like", "full_like", "empty_like", "arange", "linspace", "eye",
     "rand", "randn", "manual_seed", "device", "dtype", "float16", "float32", "float64", "int32",
     "int64", "bool", "half", "float", "double", "long", "int", "get_default_dtype",
-    "set_default_dtype", "get_default_device", "set_default_device", "autograd", "cuda", "nn",
+    "set_default_dtype", "get_default_device", "set_default_device", "autograd", "cuda",
+    "distributed", "nn",
     "profiler",
     "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "vjp", "jvp", "jacobian",
     "hessian", "vhp", "hvp", "softmax", "log_softmax"})
