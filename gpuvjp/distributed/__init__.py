@@ -200,6 +200,7 @@ def _jacobian(fn_name, func, inputs, strict, vectorize, strategy, client, chunk_
                                 [idt for _, idt in in_meta], label="rows")
                 for k in range(len(in_meta)):
                     pairs[i][k].blocks.append((f, k, shapes[k]))
+    call.log_plan("columns" if forward else "rows", step)
     flat = _assemble(call, [p for row in pairs for p in row], as_dask, dev)
     n = len(in_meta)
     return is_out_tuple, tuple(tuple(flat[i * n:(i + 1) * n]) for i in range(len(out_meta)))
@@ -384,6 +385,7 @@ def map_vjp(func, inputs, v=None, *, client=None, chunk_size="auto", as_dask=Fal
                         [dt for _, dt in in_meta], label="samples")
         for j, p in enumerate(pairs):
             p.blocks.append((f, j, shapes[j]))
+    call.log_plan("samples", step)
     res = _assemble(call, pairs, as_dask, dev)
     outs, vjps = tuple(res[:len(out_meta)]), tuple(res[len(out_meta):])
     return F._unpack(outs, is_out_tuple), F._unpack(vjps, is_inputs_tuple)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import operator
 import uuid
 
-from .. import _device
+from .. import _device, _log
 
 _EXTRA = ("gpuvjp.distributed needs dask and distributed (dask-cuda for GPU clusters): "
           "install them with `pip install 'gpuvjp[distributed]'`")
@@ -95,6 +95,13 @@ class Call:
         self.futures.append(f)
         return f
 
+    def log_plan(self, label, step):
+        """One info record of the plan: the tasks of `label` and their size (GPUVJP_LOG=info)."""
+        tasks = sum(f.key.rsplit("-", 2)[-2] == label for f in self.futures)
+        _log.logger.info("%s: %d %s tasks of up to %d, on %d workers", self.name, tasks, label,
+                         step, len(self.client.nthreads()))
+        return tasks
+
     def result(self, future):
         try:
             return future.result()
@@ -135,10 +142,9 @@ class Call:
 
 
 def _meta(dev, dtype, ndim):
-    """An empty array of the blocks' type (CuPy for a cuda call, NumPy for cpu)."""
-    xp = _device.array_module(dev)
-    with _device.use(dev):
-        return xp.empty((0,) * ndim, dtype=dtype)
+    """An empty array of the blocks' type (CuPy for a cuda call, NumPy for cpu), on the current
+    device: the blocks are on their workers' devices, whatever the inputs' device is here."""
+    return _device.array_module(dev).empty((0,) * ndim, dtype=dtype)
 
 
 def dask_concat(blocks, shapes, axis, final_shape, dtype, dev):
@@ -148,8 +154,6 @@ def dask_concat(blocks, shapes, axis, final_shape, dtype, dev):
     parts = [da.from_delayed(b, shape=s, dtype=dtype, meta=_meta(dev, dtype, len(s)))
              for b, s in zip(blocks, shapes)]
     if not parts:                                   # an empty result: nothing ran
-        xp = _device.array_module(dev)
-        with _device.use(dev):
-            return da.from_array(xp.zeros(final_shape, dtype=dtype))
+        return da.from_array(_device.array_module(dev).zeros(final_shape, dtype=dtype))
     x = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=axis)
     return x if tuple(x.shape) == tuple(final_shape) else x.reshape(final_shape)

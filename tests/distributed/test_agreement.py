@@ -123,8 +123,7 @@ MAP_CASES = {
 }
 
 
-@pytest.mark.parametrize("as_dask", [False, True])
-@pytest.mark.parametrize("chunk_size", ["auto", 4])
+@pytest.mark.parametrize("chunk_size, as_dask", [("auto", False), (4, True)])
 @pytest.mark.parametrize("case", MAP_CASES)
 def test_map_vjp_equals_local_vjps(client, case, chunk_size, as_dask):
     func, inputs, v = MAP_CASES[case]

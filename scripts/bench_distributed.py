@@ -1,0 +1,150 @@
+"""gv.distributed.jacobian on 1 and 2 Dask workers against the local gv.jacobian: a markdown table.
+
+The workload is the Jacobian of x -> tanh(W @ x) with W n x n float64 (n = 4096 by default),
+reverse mode with vectorize=True, chunk_size="auto" (at least 2 tasks per worker). On the CPU
+each worker is one process with one thread, and BLAS is pinned to 1 thread everywhere (the
+environment variables below are set before NumPy loads, and workers inherit them), so the local
+baseline and each worker use one core. With --device cuda and dask-cuda installed, the workers
+are one per GPU (LocalCUDACluster). Columns: median wall time over the repeats (after one
+warm-up call that is also checked against the local result), the chunk count (tasks), the per-task overhead (the 1-worker run's time above
+the local run's, per task: scatter, probe, scheduling, transfers) and the speed-up over 1 worker.
+
+    python3 scripts/bench_distributed.py [--n 4096] [--repeat 3] [--workers 1,2]
+
+Exits 0 with a note when dask or distributed is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"          # before NumPy loads; Dask's workers inherit it
+
+import argparse            # noqa: E402
+import logging             # noqa: E402
+import platform            # noqa: E402
+import statistics          # noqa: E402
+import sys                 # noqa: E402
+import time                # noqa: E402
+
+import numpy as np         # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import gpuvjp as gv        # noqa: E402
+
+
+def _median_time(fn, repeat):
+    """Median wall time of `repeat` calls; the caller has made one warm-up call (imports,
+    caches, first transfers), which also gave the values that are checked."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _cluster(workers, device):
+    import distributed
+    if device == "cuda":
+        from dask_cuda import LocalCUDACluster
+        return LocalCUDACluster(n_workers=workers, dashboard_address=None,
+                                silence_logs=logging.ERROR)
+    return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                    host="127.0.0.1", dashboard_address=None,
+                                    silence_logs=logging.ERROR)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=4096)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = parser.parse_args(argv)
+    try:
+        import distributed
+        if args.device == "cuda":
+            import dask_cuda  # noqa: F401
+    except ImportError as e:
+        print(f"bench_distributed: skipped, {e.name} is not installed (pip install "
+              "'gpuvjp[distributed]'; dask-cuda for --device cuda)")
+        return 0
+
+    rng = np.random.default_rng(0)
+    n = args.n
+    W = gv.tensor(rng.standard_normal((n, n)) / np.sqrt(n), dtype=gv.float64, device=args.device)
+    x = gv.tensor(rng.standard_normal(n), dtype=gv.float64, device=args.device)
+
+    def f(t):
+        return (W @ t).tanh()
+
+    want = gv.jacobian(f, x, vectorize=True)
+    local = _median_time(lambda: gv.jacobian(f, x, vectorize=True), args.repeat)
+    rows = [("local gv.jacobian, 1 thread", local, 1, "", "")]
+    base = None
+    plans = []
+    logger = logging.getLogger("gpuvjp")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(_Plans(plans))
+    for k in [int(w) for w in args.workers.split(",")]:
+        with _cluster(k, args.device) as cluster, distributed.Client(cluster) as client:
+            def run():
+                return gv.distributed.jacobian(f, x, vectorize=True, client=client)
+
+            got = run()
+            np.testing.assert_allclose(got.cpu().numpy(), want.cpu().numpy(), rtol=1e-12,
+                                       atol=1e-14)
+            chunks = plans[-1]
+            t = _median_time(run, args.repeat)
+        base = base or t
+        overhead = f"{(t - local) / chunks * 1e3:.1f}" if k == 1 else ""
+        rows.append((f"gv.distributed.jacobian, {k} worker{'s' if k > 1 else ''}", t, chunks,
+                     overhead, f"{base / t:.2f}x"))
+    load = os.getloadavg()
+    print(f"### gv.distributed.jacobian of tanh(W @ x), W {n}x{n} float64, reverse mode, "
+          f"vectorize=True, chunk_size=\"auto\"\n")
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_commit()}; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{args.device}; load average at the end {load[0]:.1f} / {load[1]:.1f} / "
+          f"{load[2]:.1f} (1/5/15 min); BLAS 1 thread per process"
+          f"{_coretype()}; numpy {np.__version__}, "
+          f"dask {distributed.__version__}; median of {args.repeat} after a warm-up\n")
+    print("| run | median time (s) | chunks (tasks) | overhead per task (ms) | speed-up vs 1 "
+          "worker |")
+    print("|---|---:|---:|---:|---:|")
+    for name, t, chunks, overhead, speedup in rows:
+        print(f"| {name} | {t:.2f} | {chunks} | {overhead} | {speedup} |")
+    return 0
+
+
+def _commit():
+    import subprocess
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _coretype():
+    core = os.environ.get("OPENBLAS_CORETYPE")
+    return f" (OPENBLAS_CORETYPE={core})" if core else ""
+
+
+class _Plans(logging.Handler):
+    """Collects the task count of each gv.distributed call from its plan record."""
+
+    def __init__(self, plans):
+        super().__init__(logging.INFO)
+        self.plans = plans
+
+    def emit(self, record):
+        if record.getMessage().split(": ")[0].startswith("gpuvjp-"):
+            self.plans.append(int(record.args[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
