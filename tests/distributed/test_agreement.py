@@ -3,6 +3,8 @@ and map_vjp equal gv.jacobian, gv.hessian and gv.vjp (values, dtypes, shapes, ne
 several shapes, both strategies, vectorize both ways, tuple inputs and outputs, chunk sizes
 that tile the result and that do not, and both as_dask modes; closures over Tensors."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -89,9 +91,30 @@ def test_jacobian_blocks_are_the_tasks_arrays(client):
                                   as_dask=True)               # 1 row: half a leading slice
     assert "reshape" in [name.split("-")[0] for name in cut.dask.layers]
     auto = gv.distributed.jacobian(func, x, vectorize=True, client=client, as_dask=True)
-    assert auto.numblocks[0] >= 2 * 2 or auto.numblocks[0] == 3   # >= 2 per worker, or 1 a row
+    assert auto.numblocks == (3, 1, 1, 1)         # 6 rows over 2 threads: 2 rows a task
     np.testing.assert_allclose(client.compute(auto).result(), client.compute(got).result(),
                                rtol=0, atol=0)
+
+
+def test_auto_chunks_from_the_workers_memory(client, monkeypatch):
+    """"auto": at least 2 tasks per worker, and fewer rows per task where the smallest free
+    memory over the workers (client.run on each) is short."""
+    from gpuvjp.distributed import _dask
+    free = _dask.free_bytes(client, "cpu")
+    assert 0 < free <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    w, x = _t(20, 40, 8), _t(21, 8)
+
+    def f(t):
+        return (w @ t).tanh()
+    want = gv.jacobian(f, x)
+    got = gv.distributed.jacobian(f, x, client=client, as_dask=True)
+    assert got.chunks[0] == (10,) * 4               # 40 rows, 2 workers: 2 tasks each
+    monkeypatch.setattr(_dask, "free_bytes", lambda client, device_type: 4 * 3 * 2000)
+    short = gv.distributed.jacobian(f, x, client=client, as_dask=True)
+    assert len(short.chunks[0]) > 4                 # under 2000 bytes a row: fewer rows a task
+    for arr in (got, short):
+        np.testing.assert_allclose(client.compute(arr).result(), want.numpy(), rtol=RTOL,
+                                   atol=ATOL)
 
 
 HESSIAN_CASES = {
