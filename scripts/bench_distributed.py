@@ -6,10 +6,12 @@ each worker is one process with one thread, and BLAS is pinned to 1 thread every
 environment variables below are set before NumPy loads, and workers inherit them), so the local
 baseline and each worker use one core. With --device cuda and dask-cuda installed, the workers
 are one per GPU (LocalCUDACluster). Columns: median wall time over the repeats (after one
-warm-up call that is also checked against the local result), the chunk count (tasks), the per-task overhead (the 1-worker run's time above
-the local run's, per task: scatter, probe, scheduling, transfers) and the speed-up over 1 worker.
+warm-up call, whose result is checked against the local one), the chunk count (tasks), the
+per-task overhead (the 1-worker run's time above the local run's, per task: scatter, probe,
+scheduling, transfers) and the speed-up over 1 worker.
 
     python3 scripts/bench_distributed.py [--n 4096] [--repeat 3] [--workers 1,2]
+        [--device cpu|cuda|all] [--out FILE]
 
 Exits 0 with a note when dask or distributed is not installed.
 """
@@ -60,40 +62,60 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--workers", default="1,2")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--workers", default="1,2",
+                        help="worker counts on the cpu (cuda: 1 and one per GPU)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"],
+                        help="all: cpu, and cuda where CuPy sees a GPU")
+    parser.add_argument("--out", help="also write the markdown to this file")
     args = parser.parse_args(argv)
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if args.device == "all" and not gv.cuda.is_available():
+        devices = ["cpu"]
+    lines = []
+    for device in devices:
+        lines += _table(device, args) + [""]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+def _table(device, args):
+    """The markdown lines of one device's table, or of a note when a package is missing."""
     try:
         import distributed
-        if args.device == "cuda":
+        if device == "cuda":
             import dask_cuda  # noqa: F401
     except ImportError as e:
-        print(f"bench_distributed: skipped, {e.name} is not installed (pip install "
-              "'gpuvjp[distributed]'; dask-cuda for --device cuda)")
-        return 0
-
+        return [f"bench_distributed ({device}): skipped, {e.name} is not installed (pip install "
+                "'gpuvjp[distributed]'; dask-cuda for cuda workers)"]
     rng = np.random.default_rng(0)
     n = args.n
-    W = gv.tensor(rng.standard_normal((n, n)) / np.sqrt(n), dtype=gv.float64, device=args.device)
-    x = gv.tensor(rng.standard_normal(n), dtype=gv.float64, device=args.device)
+    W = gv.tensor(rng.standard_normal((n, n)) / np.sqrt(n), dtype=gv.float64, device=device)
+    x = gv.tensor(rng.standard_normal(n), dtype=gv.float64, device=device)
 
     def f(t):
         return (W @ t).tanh()
 
     want = gv.jacobian(f, x, vectorize=True)
     local = _median_time(lambda: gv.jacobian(f, x, vectorize=True), args.repeat)
-    rows = [("local gv.jacobian, 1 thread", local, 1, "", "")]
+    rows = [(f"local gv.jacobian{', 1 thread' if device == 'cpu' else ''}", local, 1, "", "")]
+    counts = [int(w) for w in args.workers.split(",")]
+    if device == "cuda":
+        counts = sorted({1, gv.cuda.device_count()})
     base = None
     plans = []
     logger = logging.getLogger("gpuvjp")
     logger.setLevel(logging.INFO)
     logger.addHandler(_Plans(plans))
-    for k in [int(w) for w in args.workers.split(",")]:
-        with _cluster(k, args.device) as cluster, distributed.Client(cluster) as client:
+    for k in counts:
+        with _cluster(k, device) as cluster, distributed.Client(cluster) as client:
             def run():
                 return gv.distributed.jacobian(f, x, vectorize=True, client=client)
 
-            got = run()
+            got = run()                          # the warm-up, checked
             np.testing.assert_allclose(got.cpu().numpy(), want.cpu().numpy(), rtol=1e-12,
                                        atol=1e-14)
             chunks = plans[-1]
@@ -103,20 +125,22 @@ def main(argv=None):
         rows.append((f"gv.distributed.jacobian, {k} worker{'s' if k > 1 else ''}", t, chunks,
                      overhead, f"{base / t:.2f}x"))
     load = os.getloadavg()
-    print(f"### gv.distributed.jacobian of tanh(W @ x), W {n}x{n} float64, reverse mode, "
-          f"vectorize=True, chunk_size=\"auto\"\n")
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_commit()}; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{args.device}; load average at the end {load[0]:.1f} / {load[1]:.1f} / "
-          f"{load[2]:.1f} (1/5/15 min); BLAS 1 thread per process"
-          f"{_coretype()}; numpy {np.__version__}, "
-          f"dask {distributed.__version__}; median of {args.repeat} after a warm-up\n")
-    print("| run | median time (s) | chunks (tasks) | overhead per task (ms) | speed-up vs 1 "
-          "worker |")
-    print("|---|---:|---:|---:|---:|")
-    for name, t, chunks, overhead, speedup in rows:
-        print(f"| {name} | {t:.2f} | {chunks} | {overhead} | {speedup} |")
-    return 0
+    lines = [
+        f"### gv.distributed.jacobian of tanh(W @ x), W {n}x{n} float64, reverse mode, "
+        f"vectorize=True, chunk_size=\"auto\"",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_commit()}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}; "
+        f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min); "
+        f"BLAS 1 thread per process{_coretype()}; numpy {np.__version__}, "
+        f"dask {distributed.__version__}; median of {args.repeat} after a warm-up",
+        "",
+        "| run | median time (s) | chunks (tasks) | overhead per task (ms) | speed-up vs 1 "
+        "worker |",
+        "|---|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {t:.2f} | {chunks} | {overhead} | {speedup} |"
+              for name, t, chunks, overhead, speedup in rows]
+    return lines
 
 
 def _commit():

@@ -119,7 +119,8 @@ def _to_device(a, dev):
         return a if isinstance(a, np.ndarray) else a.get()
     if _device.is_cupy_array(a) and a.device.id == dev.index:
         return a
-    return _device.cupy_module().array(a)            # under use(dev): a copy onto dev
+    # through the host: peer access between devices may be unavailable
+    return _device.cupy_module().asarray(a if isinstance(a, np.ndarray) else a.get())
 
 
 def _assemble(call, pairs, as_dask, dev):
