@@ -220,7 +220,8 @@ def jacobian(func, inputs, create_graph=False, strict=False, vectorize=False,
         func: a function of Tensors returning a Tensor or a tuple of Tensors. It is shipped
             to the workers with cloudpickle, so lambdas and closures over Tensors work.
         inputs: a Tensor or a tuple of Tensors. They (and func) go to every worker once per
-            call; a cuda Tensor arrives on each worker's current device.
+            call; a cuda Tensor arrives on each worker's current device (so the tasks run on
+            the workers' GPUs), a cpu Tensor on its cpu.
         create_graph: must be False: a graph cannot cross workers (NotImplementedError).
         strict, vectorize, strategy: as `gv.jacobian` (`strategy` "reverse-mode",
             "forward-mode" or "auto").
