@@ -5,7 +5,7 @@ a reverse-mode Jacobian, columns of a forward-mode one, ranges of samples of a b
 the choice of their size, and the assembly of their blocks into Tensors or dask arrays. Each
 task runs gpuvjp's own local machinery (`gpuvjp.autograd.functional`) on its worker's device,
 so the numbers are those of `gv.jacobian`, `gv.hessian` and `gv.vjp`. It imports gpuvjp, and
-dask, distributed and cloudpickle only inside `_dask` and only when a function is called:
+dask and distributed only inside `_dask` and only when a function is called:
 `import gpuvjp` never imports dask, and without the `gpuvjp[distributed]` extra a call raises
 an ImportError that names it. It never touches the graph, the ops or the kernels, never starts
 or configures a cluster (the caller's client does), and never retries a task itself: a user's
@@ -218,7 +218,8 @@ def jacobian(func, inputs, create_graph=False, strict=False, vectorize=False,
 
     Args:
         func: a function of Tensors returning a Tensor or a tuple of Tensors. It is shipped
-            to the workers with cloudpickle, so lambdas and closures over Tensors work.
+            to the workers with cloudpickle where pickle cannot ship it, so lambdas and
+            closures over Tensors work.
         inputs: a Tensor or a tuple of Tensors. They (and func) go to every worker once per
             call; a cuda Tensor arrives on each worker's current device (so the tasks run on
             the workers' GPUs), a cpu Tensor on its cpu.

@@ -1,8 +1,9 @@
-"""Client side of gv.distributed: the only module that imports dask, distributed and cloudpickle.
+"""Client side of gv.distributed: the only module that imports dask and distributed.
 
-It finds the client, ships a call's payload once (cloudpickle, scattered with broadcast=True),
-submits the tasks of `_tasks` (no retries: a user's error is deterministic; a lost worker's
-tasks are rescheduled by the scheduler), gathers their blocks or wraps them as dask arrays.
+It finds the client, ships a call's payload once (scattered with broadcast=True; distributed
+pickles functions that pickle cannot ship with cloudpickle), submits the tasks of `_tasks` (no
+retries: a user's error is deterministic; a lost worker's tasks are rescheduled by the
+scheduler), gathers their blocks or wraps them as dask arrays.
 """
 
 from __future__ import annotations
@@ -17,19 +18,18 @@ _EXTRA = ("gpuvjp.distributed needs dask and distributed (dask-cuda for GPU clus
 
 
 def modules():
-    """(dask.array, distributed, cloudpickle), or an ImportError that names the extra."""
+    """(dask.array, distributed), or an ImportError that names the extra."""
     try:
-        import cloudpickle
         import dask.array as da
         import distributed
     except ImportError as e:
         raise ImportError(f"{_EXTRA} ({e})") from e
-    return da, distributed, cloudpickle
+    return da, distributed
 
 
 def get_client(client, fn_name):
     """`client`, or the default client when it is None; checks that it has workers."""
-    _, distributed, _ = modules()
+    _, distributed = modules()
     if client is None:
         try:
             client = distributed.default_client()
@@ -60,31 +60,16 @@ def free_bytes(client, device_type):
     return min(int(b) // max(nthreads.get(w, 1), 1) for w, b in free.items())
 
 
-class _ByValue:
-    """Pickles its object with cloudpickle (lambdas, closures over Tensors, locally defined
-    functions); unpickles to the object itself."""
-
-    def __init__(self, obj):
-        self.obj = obj
-
-    def __reduce__(self):
-        _, _, cloudpickle = modules()
-        return _loads, (cloudpickle.dumps(self.obj),)
-
-
-def _loads(data):
-    import cloudpickle
-    return cloudpickle.loads(data)
-
-
 class Call:
     """One distributed call: its payload on every worker, its tasks, its keys."""
 
     def __init__(self, client, fn_name, payload):
         self.client = client
         self.name = f"gpuvjp-{fn_name}-{uuid.uuid4().hex[:12]}"
-        # once per call, to every worker: a worker that joins or restarts copies it from a peer
-        self.payload = client.scatter([_ByValue(payload)], broadcast=True, hash=False)[0]
+        # Once per call, to every worker (a worker that joins or restarts copies it from a
+        # peer). distributed pickles it with protocol 5, arrays out of band, and with
+        # cloudpickle where pickle cannot (lambdas, closures, functions of __main__).
+        self.payload = client.scatter([payload], broadcast=True, hash=False)[0]
         self.futures = []
         self._n = 0
 
@@ -133,7 +118,7 @@ class Call:
 
     def wait(self, futures):
         """Block until `futures` are done; a failed one raises its error here, at the call."""
-        _, distributed, _ = modules()
+        _, distributed = modules()
         with self.client.as_current():              # wait() asks for the current client
             distributed.wait(futures)
         for f in futures:
@@ -150,7 +135,7 @@ def _meta(dev, dtype, ndim):
 def dask_concat(blocks, shapes, axis, final_shape, dtype, dev):
     """A dask array over block futures of the given shapes, concatenated along `axis` and
     reshaped to `final_shape` (no reshape when the blocks already tile it)."""
-    da, _, _ = modules()
+    da, _ = modules()
     parts = [da.from_delayed(b, shape=s, dtype=dtype, meta=_meta(dev, dtype, len(s)))
              for b, s in zip(blocks, shapes)]
     if not parts:                                   # an empty result: nothing ran
