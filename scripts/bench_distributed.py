@@ -100,9 +100,11 @@ def _table(device, args):
     def f(t):
         return (W @ t).tanh()
 
+    load0 = os.getloadavg()[0]
     want = gv.jacobian(f, x, vectorize=True)
     local = _median_time(lambda: gv.jacobian(f, x, vectorize=True), args.repeat)
-    rows = [(f"local gv.jacobian{', 1 thread' if device == 'cpu' else ''}", local, 1, "", "")]
+    rows = [(f"local gv.jacobian{', 1 thread' if device == 'cpu' else ''}", local, 1, "", "",
+             _load(load0))]
     counts = [int(w) for w in args.workers.split(",")]
     if device == "cuda":
         counts = sorted({1, gv.cuda.device_count()})
@@ -112,6 +114,7 @@ def _table(device, args):
     logger.setLevel(logging.INFO)
     logger.addHandler(_Plans(plans))
     for k in counts:
+        load0 = os.getloadavg()[0]
         with _cluster(k, device) as cluster, distributed.Client(cluster) as client:
             def run():
                 return gv.distributed.jacobian(f, x, vectorize=True, client=client)
@@ -124,7 +127,7 @@ def _table(device, args):
             overhead = _overhead_per_task(client, device, args.repeat)
         base = base or t
         rows.append((f"gv.distributed.jacobian, {k} worker{'s' if k > 1 else ''}", t, chunks,
-                     f"{overhead * 1e3:.1f}", f"{base / t:.2f}x"))
+                     f"{overhead * 1e3:.1f}", f"{base / t:.2f}x", _load(load0)))
     load = os.getloadavg()
     lines = [
         f"### gv.distributed.jacobian of tanh(W @ x), W {n}x{n} float64, reverse mode, "
@@ -137,10 +140,10 @@ def _table(device, args):
         f"dask {distributed.__version__}; median of {args.repeat} after a warm-up",
         "",
         "| run | median time (s) | chunks (tasks) | overhead per task (ms) | speed-up vs 1 "
-        "worker |",
-        "|---|---:|---:|---:|---:|"]
-    lines += [f"| {name} | {t:.2f} | {chunks} | {overhead} | {speedup} |"
-              for name, t, chunks, overhead, speedup in rows]
+        "worker | load average (1 min) before, after |",
+        "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {t:.2f} | {chunks} | {overhead} | {speedup} | {load} |"
+              for name, t, chunks, overhead, speedup, load in rows]
     return lines
 
 
@@ -154,6 +157,12 @@ def _overhead_per_task(client, device, repeat, tasks=64):
         return gv.distributed.jacobian(lambda t: t * 2, x, client=client, chunk_size=1)
     run()
     return _median_time(run, repeat) / tasks
+
+
+def _load(before):
+    """The machine's 1-minute load average before and after a row: other processes share the
+    cores (the figure after a row counts this benchmark's own processes too)."""
+    return f"{before:.1f}, {os.getloadavg()[0]:.1f}"
 
 
 def _commit():
