@@ -22,6 +22,7 @@ from ._size import Size as Size
 from ._tensor import Tensor as Tensor
 from . import autograd as autograd
 from . import cuda as cuda
+from . import distributed as distributed
 from . import nn as nn
 from . import profiler as profiler
 from ._compile import compile as compile  # noqa: A001  (PyTorch's name)
@@ -46,8 +47,9 @@ __all__ = sorted(set(_ops_all) - {"REGISTRY"} | {
     "full", "zeros_like", "ones_like", "full_like", "empty_like", "arange", "linspace", "eye",
     "rand", "randn", "manual_seed", "device", "dtype", "float16", "float32", "float64", "int32",
     "int64", "bool", "half", "float", "double", "long", "int", "get_default_dtype",
-    "set_default_dtype", "get_default_device", "set_default_device", "autograd", "cuda", "nn",
-    "profiler", "compile", "memory_format", "contiguous_format", "preserve_format",
+    "set_default_dtype", "get_default_device", "set_default_device", "autograd", "cuda",
+    "distributed", "nn", "profiler", "compile", "memory_format", "contiguous_format",
+    "preserve_format",
     "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "vjp", "jvp", "jacobian",
     "hessian", "vhp", "hvp", "softmax", "log_softmax"})
 del _ops_all

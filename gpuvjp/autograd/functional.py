@@ -602,11 +602,24 @@ def hessian(func, inputs, create_graph=False, strict=False, vectorize=False,
         raise ValueError('Expected strategy to be either "forward-mode" or "reverse-mode", but '
                          f"got {outer_jacobian_strategy!r}.")
 
-    def ensure_single_output_function(*inp):
-        out = func(*inp)
+    res = jacobian(_GradientOf(func, strict, outer_jacobian_strategy), inputs,
+                   create_graph=create_graph, strict=strict, vectorize=vectorize,
+                   strategy=outer_jacobian_strategy)
+    return _unpack2(res, is_inputs_tuple, is_inputs_tuple)
+
+
+class _GradientOf:
+    """The gradient of a single-output `func` (with a graph): the function whose Jacobian is
+    hessian's result. A picklable object, so gv.distributed ships it to workers."""
+
+    def __init__(self, func, strict, outer_jacobian_strategy):
+        self.func, self.strict, self.strategy = func, strict, outer_jacobian_strategy
+
+    def single_output(self, *inp):
+        out = self.func(*inp)
         is_out_tuple, t_out = _as_tuple(out, "outputs of the user-provided function",
                                         "hessian")
-        _check_requires_grad(t_out, strict)
+        _check_requires_grad(t_out, self.strict)
         if is_out_tuple or not isinstance(out, Tensor):
             raise RuntimeError("The function given to hessian should return a single Tensor")
         if out.numel() != 1:
@@ -614,16 +627,12 @@ def hessian(func, inputs, create_graph=False, strict=False, vectorize=False,
                                "contain a single element")
         return out.squeeze()
 
-    def jac_func(*inp):
-        if outer_jacobian_strategy == "forward-mode":
+    def __call__(self, *inp):
+        if self.strategy == "forward-mode":
             inp = tuple(t.requires_grad_(True) for t in inp)
-        jac = jacobian(ensure_single_output_function, inp, create_graph=True)
-        _check_requires_grad(jac, strict, "jacobian")
+        jac = jacobian(self.single_output, inp, create_graph=True)
+        _check_requires_grad(jac, self.strict, "jacobian")
         return jac
-
-    res = jacobian(jac_func, inputs, create_graph=create_graph, strict=strict,
-                   vectorize=vectorize, strategy=outer_jacobian_strategy)
-    return _unpack2(res, is_inputs_tuple, is_inputs_tuple)
 
 
 def _scalar_output(func, inputs, v, create_graph, strict, fn_name):
