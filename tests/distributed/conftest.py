@@ -1,5 +1,6 @@
 """The Dask cluster of the distributed tests: a LocalCluster of 2 worker processes (one thread
-each, loopback only, no dashboard), started once per session and closed at its end. Its workers
+each, loopback only, no dashboard), started once for this package and closed when its last test
+has run (its client's threads would otherwise run beside every later test). Its workers
 inherit the environment, so under GPUVJP_EMULATE_CUDA they run the emulated CuPy too (each
 process its own emulated devices)."""
 
@@ -10,7 +11,7 @@ import pytest
 DASK_REASON = "needs the gpuvjp[distributed] extra (dask and distributed)"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client():
     distributed = pytest.importorskip("distributed", reason=DASK_REASON)
     cluster = distributed.LocalCluster(
