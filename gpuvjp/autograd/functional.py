@@ -534,13 +534,17 @@ def _jacrev_vectorized(outputs, inputs, create_graph, chunk_size):
     return tuple(tuple(row) for row in jac)
 
 
-def _jacfwd(func, inputs, strict, vectorize, chunk_size):
+def _forward_mode_strict(strict):
+    """jacobian's first refusal for strategy="forward-mode" (before the inputs are read)."""
     if strict:
         raise RuntimeError(
             "torch.autograd.functional.jacobian: `strict=True` and `strategy=\"forward-mode\"` "
             "are not supported together (yet). Please either set `strict=False` or "
             "`strategy=\"reverse-mode\"`.")
-    is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "jacobian")
+
+
+def _forward_mode_inputs(inputs, vectorize):
+    """jacobian's refusals for strategy="forward-mode" of the tupled inputs, in PyTorch's order."""
     for t in inputs:
         if not t.dtype.is_floating_point:
             raise ValueError(f"Expected primal to be floating point or complex, but got: "
@@ -549,6 +553,12 @@ def _jacfwd(func, inputs, strict, vectorize, chunk_size):
         raise NotImplementedError(
             "Computing Jacobian using forward-AD or forward-over-reverse Hessian is"
             "only implemented for `vectorize=True`.")
+
+
+def _jacfwd(func, inputs, strict, vectorize, chunk_size):
+    _forward_mode_strict(strict)
+    is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "jacobian")
+    _forward_mode_inputs(inputs, vectorize)
     is_outputs_tuple, jac = _jacfwd_vectorized(func, inputs, chunk_size)
     return _unpack2(jac, is_outputs_tuple, is_inputs_tuple)
 

@@ -54,19 +54,8 @@ def _refuse_create_graph(create_graph, fn_name):
 
 def _check_forward_mode(inputs, strict, vectorize):
     """The local jacobian's forward-mode refusals, in its order."""
-    if strict:
-        raise RuntimeError(
-            "torch.autograd.functional.jacobian: `strict=True` and `strategy=\"forward-mode\"` "
-            "are not supported together (yet). Please either set `strict=False` or "
-            "`strategy=\"reverse-mode\"`.")
-    for t in inputs:
-        if not t.dtype.is_floating_point:
-            raise ValueError(f"Expected primal to be floating point or complex, but got: "
-                             f"torch.{t.dtype.name}")
-    if not vectorize:
-        raise NotImplementedError(
-            "Computing Jacobian using forward-AD or forward-over-reverse Hessian is"
-            "only implemented for `vectorize=True`.")
+    F._forward_mode_strict(strict)
+    F._forward_mode_inputs(inputs, vectorize)
 
 
 # ----- planning ---------------------------------------------------------------------------------
