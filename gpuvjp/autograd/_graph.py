@@ -6,6 +6,7 @@ import weakref
 
 from .. import _device
 from .._device import CPU
+from .._tensor import Tensor
 from . import _mode
 
 __all__ = ["Node", "run_backward", "hold_leaves_weakly"]
@@ -188,53 +189,73 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
             _accumulate(found, r, g)
     order, needed = _toposort(root_nodes, targets)
 
-    with _mode.set_grad_enabled(create_graph), _device.compute(grads[0]._dev if grads else CPU):
-        for node in order:
-            entry = pending.pop(id(node), None)
-            if entry is None:
-                continue
-            g = entry[1]
-            if targets is not None and id(node) in targets:
-                _accumulate(found, node, g)
-            if node.released:
-                raise RuntimeError(_SECOND_SWEEP)
-            op, inputs = node.op, node.inputs
-            ans = None if node.ans is None else op.unpack_ans(node)
-            for i, e in enumerate(node.edges):
-                if e is None:
-                    continue
-                if type(e) is Node:
-                    if not needed[id(e)]:
-                        continue
-                    store = pending
-                else:
-                    if type(e) is _WeakRef:          # a leaf held weakly (hold_leaves_weakly)
-                        e = e()
-                        if e is None:
-                            continue
-                    if targets is not None and id(e) not in targets:
-                        continue
-                    store = found
-                rule = op.vjps[i]
-                if rule is None:
-                    continue
-                gi = rule(g, ans, *inputs, **node.params)
-                if gi is None:
-                    continue
-                x = inputs[i]
-                if gi._nb != x._nb and not (batched and not x._nb) or \
-                        gi.shape != x.shape or gi._dtype is not x._dtype:
-                    gi = _sum_to(gi, x, batched)
-                acc = store.get(id(e))             # _accumulate, inline: once per edge
-                if acc is None:
-                    store[id(e)] = [e, gi]
-                else:
-                    acc[1] = acc[1] + gi
-            if not retain_graph:
-                node.release()
+    # The grad mode of the sweep (a plain switch: a context object per sweep costs more than
+    # the sweep of a tiny graph), restored however the sweep ends.
+    prev_mode = _mode._state.enabled
+    _mode._state.enabled = bool(create_graph)
+    try:
+        with _device.compute(grads[0]._dev if grads else CPU):
+            _sweep(order, needed, pending, found, targets, batched, retain_graph)
+    finally:
+        _mode._state.enabled = prev_mode
     if leaves:
         return found
     return {k: v[1] for k, v in found.items()}
+
+
+def _sweep(order, needed, pending, found, targets, batched, retain_graph):
+    """Run the rules of `order`'s nodes, each once its gradient is complete, summing each
+    input's cotangent into `pending` (a node) or `found` (a wanted leaf or node)."""
+    for node in order:
+        entry = pending.pop(id(node), None)
+        if entry is None:
+            continue
+        g = entry[1]
+        if targets is not None and id(node) in targets:
+            _accumulate(found, node, g)
+        if node.released:
+            raise RuntimeError(_SECOND_SWEEP)
+        op, inputs, params = node.op, node.inputs, node.params
+        ans = None if node.ans is None else op.unpack_ans(node)
+        vjps = op.vjps
+        i = -1
+        for e in node.edges:
+            i += 1
+            if e is None:
+                continue
+            if type(e) is Node:
+                if not needed[id(e)]:
+                    continue
+                store = pending
+            else:
+                if type(e) is _WeakRef:          # a leaf held weakly (hold_leaves_weakly)
+                    e = e()
+                    if e is None:
+                        continue
+                if targets is not None and id(e) not in targets:
+                    continue
+                store = found
+            rule = vjps[i]
+            if rule is None:
+                continue
+            gi = rule(g, ans, *inputs, **params)
+            if gi is None:
+                continue
+            x = inputs[i]
+            # shapes compared on the arrays (no Size built) where both are plain tensors
+            if type(x) is Tensor and not (gi._nb or x._nb):
+                if gi._data.shape != x._data.shape or gi._dtype is not x._dtype:
+                    gi = _sum_to(gi, x, batched)
+            elif gi._nb != x._nb and not (batched and not x._nb) or gi.shape != x.shape or \
+                    gi._dtype is not x._dtype:        # a batch dim, a Meta, a Function's input
+                gi = _sum_to(gi, x, batched)
+            acc = store.get(id(e))             # _accumulate, inline: once per edge
+            if acc is None:
+                store[id(e)] = [e, gi]
+            else:
+                acc[1] = acc[1] + gi
+        if not retain_graph:
+            node.release()
 
 
 def _accumulate(store, obj, g):

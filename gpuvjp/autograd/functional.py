@@ -10,7 +10,7 @@ import os
 
 from .. import _device, _lazy
 from .._tensor import Tensor
-from . import _grad, _mode, _seed_grads, forward_ad, grad
+from . import _grad, _mode, _seed_grads, _shape_differs, forward_ad, grad
 from ._graph import Node
 
 __all__ = ["vjp", "jvp", "jacobian", "hessian", "vhp", "hvp"]
@@ -63,7 +63,8 @@ def _grad_preprocess(inputs, create_graph, need_graph, fn_name=None):
             from ..ops.shape import reshape_
             out.append(reshape_(t, shape=t.shape))          # a differentiable shallow copy
         else:
-            d = t.detach()
+            d = Tensor._make(t._data, t._dev, t._dtype, None)          # t.detach()
+            d._nb = t._nb
             if need_graph and d._dtype.is_floating_point:
                 d._requires_grad = True
             elif need_graph:
@@ -77,9 +78,14 @@ def _grad_preprocess(inputs, create_graph, need_graph, fn_name=None):
 
 def _grad_postprocess(items, create_graph):
     _lazy.force(items)                  # results handed back are in memory (one kernel a shape)
+    return _detached(items, create_graph)
+
+
+def _detached(items, create_graph):
+    """`items` as handed back: detached (at any depth) unless create_graph."""
     if create_graph:
         return items
-    return tuple([t.detach() if isinstance(t, Tensor) else _grad_postprocess(t, False)
+    return tuple([t.detach() if isinstance(t, Tensor) else _detached(t, False)
                   for t in items])
 
 
@@ -91,7 +97,7 @@ def _validate_v(v, other, is_other_tuple):
         raise RuntimeError("The given v should contain a single Tensor.")
     for idx, (el_v, el_o) in enumerate(zip(v, other)):
         prepend = f"Entry {idx} in " if is_other_tuple else ""
-        if el_v.shape != el_o.shape:
+        if _shape_differs(el_v, el_o):
             raise RuntimeError(f"{prepend}v has invalid size: should be "
                                f"{_size(el_o.shape)} but got {_size(el_v.shape)}.")
         if el_v._dev is not el_o._dev and el_v._dev != el_o._dev:
@@ -135,7 +141,13 @@ def _check_requires_grad(items, strict, kind="outputs"):
 def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=None):
     """autograd.grad over the outputs that exist and require grad, None for unused inputs."""
     outs, gs = outputs, grad_outputs
-    if not outputs or not all([o is not None and o._requires_grad for o in outputs]):
+    some_not = not outputs              # some output missing or not requiring grad
+    for o in outputs:
+        if o is None or not o._requires_grad:
+            some_not = True
+            break
+    if some_not:
+        _lazy.force(outputs)            # as _grad does with its own: outputs are handed back
         pairs = [(o, g) for o, g in zip(outputs, grad_outputs or (None,) * len(outputs))
                  if o is not None and o._requires_grad]
         if not pairs:
@@ -217,7 +229,7 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
         # grad materialises the outputs with the gradients (one kernel a shape)
         grads = _autograd_grad(outputs, inputs, v, create_graph)
         result = _fill_in_zeros(grads, inputs, strict, create_graph)
-    return (_unpack(_grad_postprocess(outputs, create_graph), is_outputs_tuple),
+    return (_unpack(_detached(outputs, create_graph), is_outputs_tuple),
             _unpack(result, is_inputs_tuple))
 
 

@@ -246,6 +246,7 @@ def apply(op, args, params):
     dt0 = None                    # the first tensor's dtype
     kind = -1                     # highest category of the Python scalars (bool < int < float)
     arrays = []                   # the arguments with each tensor's backing array
+    edges = []                    # where each argument's gradient goes (Node.edges)
     pending = False               # some array is still a Pending expression
     small = True                  # every array has at most _lazy.EAGER_SIZE elements
     for a in args:
@@ -268,8 +269,12 @@ def apply(op, args, params):
                 dual = True
             if a._requires_grad:
                 needs_grad = True
+                edges.append(a if a._node is None else a._node)
+            else:
+                edges.append(None)
         else:
             arrays.append(a)
+            edges.append(None)
             k = _SCALAR_KIND.get(type(a))
             if k is None:
                 mixed = mixed or a is not None
@@ -285,6 +290,8 @@ def apply(op, args, params):
         promoted = _promote(op, args, [a for a in args if isinstance(a, Tensor)], dev)
         if promoted is not args:
             args = promoted
+            edges = [(a if a._node is None else a._node)
+                     if isinstance(a, Tensor) and a._requires_grad else None for a in args]
             arrays = [a._data if isinstance(a, Tensor) else a for a in args]
             pending = any([type(d) is Pending for d in arrays])
     gpu = dev.type != "cpu"
@@ -336,13 +343,10 @@ def apply(op, args, params):
         dev = params["device"]
 
     node = None
-    if needs_grad and op.differentiable and _mode.is_grad_enabled():
+    if needs_grad and op.differentiable and _mode._state.enabled:      # is_grad_enabled()
         if op.vjps is None:
             raise RuntimeError(f"the derivative for '{op.name}' is not implemented")
-        # promotion may have put a cast in front of an input: edges follow the promoted args
-        edges = tuple([(a if a._node is None else a._node)
-                       if isinstance(a, Tensor) and a._requires_grad else None for a in args])
-        node = Node(op, args if type(args) is tuple else tuple(args), params, edges,
+        node = Node(op, args if type(args) is tuple else tuple(args), params, tuple(edges),
                     out if op.saves_ans else None,
                     (out.shape[nb:] if nb else out.shape, dt, dev))
     result = Tensor._make(out, dev, dt, node)
