@@ -96,18 +96,22 @@ class Node:
 class Meta:
     """What remains of a released input: its shape, dtype and device, for sum_to and rules."""
 
-    __slots__ = ("shape", "dtype", "_dtype", "device", "_dev", "ndim", "requires_grad", "_nb",
-                 "_batch")
+    __slots__ = ("shape", "_dtype", "_dev", "_requires_grad", "_nb", "_batch")
 
     def __init__(self, t):
         full, nb = t._data.shape, t._nb
         self.shape = full[nb:] if nb else full
-        self.ndim = len(self.shape)
-        self.dtype = self._dtype = t._dtype
-        self.device = self._dev = t._dev
-        self.requires_grad = t._requires_grad
+        self._dtype = t._dtype
+        self._dev = t._dev
+        self._requires_grad = t._requires_grad
         self._nb = nb
         self._batch = full[0] if nb else 0
+
+    # read by rules (rarely), so not stored
+    dtype = property(lambda self: self._dtype)
+    device = property(lambda self: self._dev)
+    ndim = property(lambda self: len(self.shape))
+    requires_grad = property(lambda self: self._requires_grad)
 
 
 _NEW = object()                 # _toposort: a node not reached yet
@@ -116,7 +120,8 @@ _NEW = object()                 # _toposort: a node not reached yet
 def _toposort(roots, targets):
     """Nodes reachable from `roots` that lie on a path to a wanted gradient, in reverse
     topological order (each node before every node it feeds), and for every node reached
-    whether it lies on such a path.
+    whether it lies on such a path (a dict keyed by the nodes themselves: a Node hashes and
+    compares by identity).
 
     `targets` is None for Tensor.backward (every leaf that requires grad is wanted) or a set
     of ids of the leaves and nodes whose gradients autograd.grad asked for.
@@ -128,30 +133,29 @@ def _toposort(roots, targets):
     stack = list(roots)
     while stack:
         node = stack[-1]
-        nid = id(node)
-        state = needed.get(nid, _NEW)
+        state = needed.get(node, _NEW)
         if state is _NEW:
-            needed[nid] = None
+            needed[node] = None
             for e in node.edges:
-                if type(e) is Node and id(e) not in needed:
+                if type(e) is Node and e not in needed:
                     stack.append(e)
             continue
         stack.pop()
         if state is not None:              # reached twice: finished the first time
             continue
-        want = targets is None or nid in targets
+        want = targets is None or id(node) in targets
         if not want:
             for e in node.edges:
                 if e is None:
                     continue
                 if type(e) is Node:
-                    if needed[id(e)]:
+                    if needed[e]:
                         want = True
                         break
                 elif id(e() if type(e) is _WeakRef else e) in targets:
                     want = True
                     break
-        needed[nid] = want
+        needed[node] = want
         if want:
             order.append(node)
     order.reverse()                       # post-order reversed: consumers before producers
@@ -177,13 +181,13 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
     """
     batched = False                               # a vectorized sweep: the batch stays
     found = {}                                    # id -> [leaf or node, gradient]
-    pending = {}                                  # id(node) -> [node, accumulated gradient]
+    pending = {}                                  # node -> its accumulated gradient
     root_nodes = []
     for r, g in zip(roots, grads):
         if g._nb:
             batched = True
         if type(r) is Node:
-            _accumulate(pending, r, g)
+            pending[r] = pending[r] + g if r in pending else g
             root_nodes.append(r)
         elif targets is None or id(r) in targets:  # a leaf tensor is its own root
             _accumulate(found, r, g)
@@ -205,12 +209,11 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
 
 def _sweep(order, needed, pending, found, targets, batched, retain_graph):
     """Run the rules of `order`'s nodes, each once its gradient is complete, summing each
-    input's cotangent into `pending` (a node) or `found` (a wanted leaf or node)."""
+    input's cotangent into `pending` (a node's) or `found` (a wanted leaf's or node's)."""
     for node in order:
-        entry = pending.pop(id(node), None)
-        if entry is None:
+        g = pending.pop(node, None)
+        if g is None:
             continue
-        g = entry[1]
         if targets is not None and id(node) in targets:
             _accumulate(found, node, g)
         if node.released:
@@ -224,9 +227,8 @@ def _sweep(order, needed, pending, found, targets, batched, retain_graph):
             if e is None:
                 continue
             if type(e) is Node:
-                if not needed[id(e)]:
+                if not needed[e]:
                     continue
-                store = pending
             else:
                 if type(e) is _WeakRef:          # a leaf held weakly (hold_leaves_weakly)
                     e = e()
@@ -234,7 +236,6 @@ def _sweep(order, needed, pending, found, targets, batched, retain_graph):
                         continue
                 if targets is not None and id(e) not in targets:
                     continue
-                store = found
             rule = vjps[i]
             if rule is None:
                 continue
@@ -249,11 +250,11 @@ def _sweep(order, needed, pending, found, targets, batched, retain_graph):
             elif gi._nb != x._nb and not (batched and not x._nb) or gi.shape != x.shape or \
                     gi._dtype is not x._dtype:        # a batch dim, a Meta, a Function's input
                 gi = _sum_to(gi, x, batched)
-            acc = store.get(id(e))             # _accumulate, inline: once per edge
-            if acc is None:
-                store[id(e)] = [e, gi]
+            if type(e) is Node:
+                acc = pending.get(e)
+                pending[e] = gi if acc is None else acc + gi
             else:
-                acc[1] = acc[1] + gi
+                _accumulate(found, e, gi)
         if not retain_graph:
             node.release()
 

@@ -96,13 +96,16 @@ def _validate_v(v, other, is_other_tuple):
                 f"v is a tuple of invalid length: should be {len(other)} but got {len(v)}.")
         raise RuntimeError("The given v should contain a single Tensor.")
     for idx, (el_v, el_o) in enumerate(zip(v, other)):
-        prepend = f"Entry {idx} in " if is_other_tuple else ""
         if _shape_differs(el_v, el_o):
-            raise RuntimeError(f"{prepend}v has invalid size: should be "
+            raise RuntimeError(f"{_entry(idx, is_other_tuple)}v has invalid size: should be "
                                f"{_size(el_o.shape)} but got {_size(el_v.shape)}.")
         if el_v._dev is not el_o._dev and el_v._dev != el_o._dev:
-            raise RuntimeError(f"{prepend}v is on device {el_v.device} but the output it "
-                               f"pairs with is on {el_o.device}.")
+            raise RuntimeError(f"{_entry(idx, is_other_tuple)}v is on device {el_v.device} "
+                               f"but the output it pairs with is on {el_o.device}.")
+
+
+def _entry(idx, is_tuple):
+    return f"Entry {idx} in " if is_tuple else ""
 
 
 def _size(shape):
