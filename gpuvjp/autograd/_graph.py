@@ -5,7 +5,6 @@ from __future__ import annotations
 import weakref
 
 from .. import _device
-from .._device import CPU
 from .._tensor import Tensor
 from . import _mode
 
@@ -195,13 +194,19 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
 
     # The grad mode of the sweep (a plain switch: a context object per sweep costs more than
     # the sweep of a tiny graph), restored however the sweep ends.
-    prev_mode = _mode._state.enabled
-    _mode._state.enabled = bool(create_graph)
-    try:
-        with _device.compute(grads[0]._dev if grads else CPU):
-            _sweep(order, needed, pending, found, targets, batched, retain_graph)
-    finally:
-        _mode._state.enabled = prev_mode
+    if order:
+        grad_mode = _mode._state
+        prev_mode = grad_mode.enabled
+        grad_mode.enabled = bool(create_graph)
+        try:
+            dev = grads[0]._dev
+            if _device._CURRENT.dev is dev:          # inside a functional's scope already
+                _sweep(order, needed, pending, found, targets, batched, retain_graph)
+            else:
+                with _device.scope(dev):
+                    _sweep(order, needed, pending, found, targets, batched, retain_graph)
+        finally:
+            grad_mode.enabled = prev_mode
     if leaves:
         return found
     return {k: v[1] for k, v in found.items()}

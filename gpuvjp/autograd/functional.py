@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import operator
@@ -45,9 +44,6 @@ def _one_scope(fn):
     return wrapper
 
 
-_NO_CHANGE = contextlib.nullcontext()
-
-
 def _check_func(func, fn_name):
     if not callable(func):
         raise TypeError(f"The func given to {fn_name} must be callable, got "
@@ -78,14 +74,9 @@ def _grad_preprocess(inputs, create_graph, need_graph, fn_name=None):
 
 def _grad_postprocess(items, create_graph):
     _lazy.force(items)                  # results handed back are in memory (one kernel a shape)
-    return _detached(items, create_graph)
-
-
-def _detached(items, create_graph):
-    """`items` as handed back: detached (at any depth) unless create_graph."""
     if create_graph:
         return items
-    return tuple([t.detach() if isinstance(t, Tensor) else _detached(t, False)
+    return tuple([t.detach() if isinstance(t, Tensor) else _grad_postprocess(t, False)
                   for t in items])
 
 
@@ -141,8 +132,10 @@ def _check_requires_grad(items, strict, kind="outputs"):
             raise RuntimeError(_REQUIRES_GRAD_MSG[kind].format(i=i))
 
 
-def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=None):
-    """autograd.grad over the outputs that exist and require grad, None for unused inputs."""
+def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=None,
+                   v_checked=False):
+    """autograd.grad over the outputs that exist and require grad, None for unused inputs.
+    `v_checked`: grad_outputs were checked against the outputs already (_validate_v)."""
     outs, gs = outputs, grad_outputs
     some_not = not outputs              # some output missing or not requiring grad
     for o in outputs:
@@ -158,8 +151,21 @@ def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=Non
         outs, gs = zip(*pairs)
     # grad past its argument checks: the outputs require grad, the inputs are our own copies
     # that do (or tensors made to), and v was checked against the outputs
-    return _grad(outs, inputs, _seed_grads(outs, gs, create_graph),
-                 create_graph if retain_graph is None else retain_graph, create_graph)
+    seeds = _cast(gs, outs) if v_checked and gs is not None else \
+        _seed_grads(outs, gs, create_graph)
+    return _grad(outs, inputs, seeds, create_graph if retain_graph is None else retain_graph,
+                 create_graph)
+
+
+def _cast(v, outputs):
+    """The seeds from a v checked against the outputs: each in its output's dtype (as
+    _seed_grads makes them)."""
+    seeds = list(v)
+    for i, o in enumerate(outputs):
+        if seeds[i]._dtype is not o._dtype:
+            from ..ops.shape import to_dtype
+            seeds[i] = to_dtype(seeds[i], o._dtype)
+    return seeds
 
 
 # Which backward pass produced a None, for the strict-mode message.
@@ -211,7 +217,10 @@ def _unpack2(res, is_outer_tuple, is_inner_tuple):
 def vjp(func, inputs, v=None, create_graph=False, strict=False):
     """Same as `torch.autograd.functional.vjp`."""
     _check_func(func, "vjp")
-    with _mode.enable_grad():
+    grad_mode = _mode._state                # enable_grad(), as a plain switch
+    prev = grad_mode.enabled
+    grad_mode.enabled = True
+    try:
         is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "vjp")
         inputs = _grad_preprocess(inputs, create_graph, need_graph=True, fn_name="vjp")
         outputs = func(*inputs)
@@ -227,13 +236,16 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
         elif len(outputs) != 1 or outputs[0].numel() != 1:
             raise RuntimeError("The vector v can only be None if the user-provided function "
                                "returns a single Tensor with a single element.")
-    # without create_graph the sweep runs in the caller's grad mode, as in PyTorch
-    with _mode.enable_grad() if create_graph else _NO_CHANGE:
+        # without create_graph the sweep runs in the caller's grad mode, as in PyTorch
+        grad_mode.enabled = True if create_graph else prev
         # grad materialises the outputs with the gradients (one kernel a shape)
-        grads = _autograd_grad(outputs, inputs, v, create_graph)
+        grads = _autograd_grad(outputs, inputs, v, create_graph, v_checked=True)
         result = _fill_in_zeros(grads, inputs, strict, create_graph)
-    return (_unpack(_detached(outputs, create_graph), is_outputs_tuple),
-            _unpack(result, is_inputs_tuple))
+    finally:
+        grad_mode.enabled = prev
+    if not create_graph:
+        outputs = tuple([o.detach() for o in outputs])
+    return _unpack(outputs, is_outputs_tuple), _unpack(result, is_inputs_tuple)
 
 
 # ----- jvp -------------------------------------------------------------------------------------
