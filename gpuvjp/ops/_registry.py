@@ -263,10 +263,11 @@ def apply(op, args, params):
                 mixed = True
                 if a._dev is not dev and a._dev != dev:
                     dev = _reconcile(op, [t for t in args if isinstance(t, Tensor)])
-            if a._nb:
-                nb = a._nb
-            if a._tangent is not None:
-                dual = True
+            if a._nb or a._tangent is not None:          # rare: one test for both
+                if a._nb:
+                    nb = a._nb
+                if a._tangent is not None:
+                    dual = True
             if a._requires_grad:
                 needs_grad = True
                 edges.append(a if a._node is None else a._node)
@@ -309,7 +310,7 @@ def apply(op, args, params):
             out = _lazy.record(op, arrays, dev)
         else:
             out = None
-            if op.takes_pending and arrays and type(arrays[0]) is Pending:
+            if pending and op.takes_pending and type(arrays[0]) is Pending:
                 if not nb:
                     out = _lazy.reduce(op, arrays[0], params, dev)
                 if out is None:
@@ -317,21 +318,22 @@ def apply(op, args, params):
             if out is None:
                 if _profiler.ACTIVE:
                     token = _profiler.start(dev)
-                if op.elementwise and _lazy.ENABLED and not nb and not fusible:
+                if op.elementwise and not fusible and _lazy.ENABLED and not nb:
                     _log.fallback(op, "params" if params else "no CUDA expression")
                 if nb:
                     out = _batched(op, args, arrays, params, dev)
+                elif not gpu and op.np_fn is not None and not params and \
+                        _device._CURRENT.dev is dev:       # the CPU inside a functional's scope
+                    out = op.np_fn(*arrays)                 # what impl calls, one call fewer
                 else:
                     xp, impl = (_device.cupy_module(), op.gpu or op.impl) if gpu else (np, op.impl)
                     if _device._CURRENT.dev is not dev:     # outside a functional's scope
                         with _device.scope(dev):            # nan and inf propagate, as PyTorch
                             out = impl(xp, *arrays, **params)
-                    elif op.np_fn is not None and not gpu and not params:
-                        out = op.np_fn(*arrays)             # what impl calls, one call fewer
                     else:
                         out = impl(xp, *arrays, **params)
-                    if not gpu and type(out) is not np.ndarray and not op.moves_device:
-                        out = np.asarray(out)
+                if not (gpu or nb) and type(out) is not np.ndarray and not op.moves_device:
+                    out = np.asarray(out)
                 if _trace.ON:
                     _trace.op(op, args, arrays, params, dev, out)
                 if token is not None:
