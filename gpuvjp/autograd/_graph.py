@@ -190,7 +190,7 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
             root_nodes.append(r)
         elif targets is None or id(r) in targets:  # a leaf tensor is its own root
             _accumulate(found, r, g)
-    order, needed = _toposort(root_nodes, targets)
+    order, needed = _toposort(root_nodes, targets) if root_nodes else ((), None)
 
     # The grad mode of the sweep (a plain switch: a context object per sweep costs more than
     # the sweep of a tiny graph), restored however the sweep ends.
@@ -259,7 +259,11 @@ def _sweep(order, needed, pending, found, targets, batched, retain_graph):
                 acc = pending.get(e)
                 pending[e] = gi if acc is None else acc + gi
             else:
-                _accumulate(found, e, gi)
+                acc = found.get(id(e))            # _accumulate, inline: once per edge
+                if acc is None:
+                    found[id(e)] = [e, gi]
+                else:
+                    acc[1] = acc[1] + gi
         if not retain_graph:
             node.release()
 

@@ -151,21 +151,20 @@ def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=Non
         outs, gs = zip(*pairs)
     # grad past its argument checks: the outputs require grad, the inputs are our own copies
     # that do (or tensors made to), and v was checked against the outputs
-    seeds = _cast(gs, outs) if v_checked and gs is not None else \
-        _seed_grads(outs, gs, create_graph)
+    if v_checked and gs is not None:
+        seeds = list(gs)
+        for i, o in enumerate(outs):
+            if seeds[i]._dtype is not o._dtype:     # as _seed_grads: in the output's dtype
+                seeds[i] = _to_dtype(seeds[i], o._dtype)
+    else:
+        seeds = _seed_grads(outs, gs, create_graph)
     return _grad(outs, inputs, seeds, create_graph if retain_graph is None else retain_graph,
                  create_graph)
 
 
-def _cast(v, outputs):
-    """The seeds from a v checked against the outputs: each in its output's dtype (as
-    _seed_grads makes them)."""
-    seeds = list(v)
-    for i, o in enumerate(outputs):
-        if seeds[i]._dtype is not o._dtype:
-            from ..ops.shape import to_dtype
-            seeds[i] = to_dtype(seeds[i], o._dtype)
-    return seeds
+def _to_dtype(t, dtype):
+    from ..ops.shape import to_dtype
+    return to_dtype(t, dtype)
 
 
 # Which backward pass produced a None, for the strict-mode message.
@@ -216,7 +215,8 @@ def _unpack2(res, is_outer_tuple, is_inner_tuple):
 @_one_scope
 def vjp(func, inputs, v=None, create_graph=False, strict=False):
     """Same as `torch.autograd.functional.vjp`."""
-    _check_func(func, "vjp")
+    if not callable(func):
+        _check_func(func, "vjp")
     grad_mode = _mode._state                # enable_grad(), as a plain switch
     prev = grad_mode.enabled
     grad_mode.enabled = True
@@ -245,7 +245,8 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
         grad_mode.enabled = prev
     if not create_graph:
         outputs = tuple([o.detach() for o in outputs])
-    return _unpack(outputs, is_outputs_tuple), _unpack(result, is_inputs_tuple)
+    return (outputs if is_outputs_tuple else outputs[0],
+            result if is_inputs_tuple else result[0])
 
 
 # ----- jvp -------------------------------------------------------------------------------------
