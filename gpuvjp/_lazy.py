@@ -160,18 +160,18 @@ def _probe(op, arrays, sig):
 def force(tensors):
     """Materialise the pending data of `tensors` (Tensors, None, nested tuples and lists): one
     kernel per device and shape. Costs one pass over the items when nothing is pending."""
-    held = []                 # (tensor, its Pending)
+    held = None               # (tensor, its Pending)
     stack = [tensors]
     while stack:
-        items = stack.pop()
-        for t in items:
-            if isinstance(t, (tuple, list)):
-                stack.append(t)
-                continue
+        for t in stack.pop():
             d = getattr(t, "_data", None)
-            if type(d) is Pending:
+            if d is None:
+                if isinstance(t, (tuple, list)):
+                    stack.append(t)
+            elif type(d) is Pending:
+                held = held or []
                 held.append((t, d))
-    if not held:
+    if held is None:
         return
     todo = [d for _, d in held if d.value is None]
     if todo:

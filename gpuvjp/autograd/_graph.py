@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 
 from .. import _device
-from .._device import CPU
+from .._tensor import Tensor
 from . import _mode
 
 __all__ = ["Node", "run_backward", "hold_leaves_weakly"]
@@ -97,18 +97,22 @@ class Node:
 class Meta:
     """What remains of a released input: its shape, dtype and device, for sum_to and rules."""
 
-    __slots__ = ("shape", "dtype", "_dtype", "device", "_dev", "ndim", "requires_grad", "_nb",
-                 "_batch")
+    __slots__ = ("shape", "_dtype", "_dev", "_requires_grad", "_nb", "_batch")
 
     def __init__(self, t):
         full, nb = t._data.shape, t._nb
         self.shape = full[nb:] if nb else full
-        self.ndim = len(self.shape)
-        self.dtype = self._dtype = t._dtype
-        self.device = self._dev = t._dev
-        self.requires_grad = t._requires_grad
+        self._dtype = t._dtype
+        self._dev = t._dev
+        self._requires_grad = t._requires_grad
         self._nb = nb
         self._batch = full[0] if nb else 0
+
+    # read by rules (rarely), so not stored
+    dtype = property(lambda self: self._dtype)
+    device = property(lambda self: self._dev)
+    ndim = property(lambda self: len(self.shape))
+    requires_grad = property(lambda self: self._requires_grad)
 
 
 _NEW = object()                 # _toposort: a node not reached yet
@@ -117,7 +121,8 @@ _NEW = object()                 # _toposort: a node not reached yet
 def _toposort(roots, targets):
     """Nodes reachable from `roots` that lie on a path to a wanted gradient, in reverse
     topological order (each node before every node it feeds), and for every node reached
-    whether it lies on such a path.
+    whether it lies on such a path (a dict keyed by the nodes themselves: a Node hashes and
+    compares by identity).
 
     `targets` is None for Tensor.backward (every leaf that requires grad is wanted) or a set
     of ids of the leaves and nodes whose gradients autograd.grad asked for.
@@ -129,30 +134,29 @@ def _toposort(roots, targets):
     stack = list(roots)
     while stack:
         node = stack[-1]
-        nid = id(node)
-        state = needed.get(nid, _NEW)
+        state = needed.get(node, _NEW)
         if state is _NEW:
-            needed[nid] = None
+            needed[node] = None
             for e in node.edges:
-                if type(e) is Node and id(e) not in needed:
+                if type(e) is Node and e not in needed:
                     stack.append(e)
             continue
         stack.pop()
         if state is not None:              # reached twice: finished the first time
             continue
-        want = targets is None or nid in targets
+        want = targets is None or id(node) in targets
         if not want:
             for e in node.edges:
                 if e is None:
                     continue
                 if type(e) is Node:
-                    if needed[id(e)]:
+                    if needed[e]:
                         want = True
                         break
                 elif id(e() if type(e) is _WeakRef else e) in targets:
                     want = True
                     break
-        needed[nid] = want
+        needed[node] = want
         if want:
             order.append(node)
     order.reverse()                       # post-order reversed: consumers before producers
@@ -178,65 +182,92 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
     """
     batched = False                               # a vectorized sweep: the batch stays
     found = {}                                    # id -> [leaf or node, gradient]
-    pending = {}                                  # id(node) -> [node, accumulated gradient]
+    pending = {}                                  # node -> its accumulated gradient
     root_nodes = []
     for r, g in zip(roots, grads):
         if g._nb:
             batched = True
         if type(r) is Node:
-            _accumulate(pending, r, g)
+            pending[r] = pending[r] + g if r in pending else g
             root_nodes.append(r)
         elif targets is None or id(r) in targets:  # a leaf tensor is its own root
             _accumulate(found, r, g)
-    order, needed = _toposort(root_nodes, targets)
+    order, needed = _toposort(root_nodes, targets) if root_nodes else ((), None)
 
-    with _mode.set_grad_enabled(create_graph), _device.compute(grads[0]._dev if grads else CPU):
-        for node in order:
-            entry = pending.pop(id(node), None)
-            if entry is None:
-                continue
-            g = entry[1]
-            if targets is not None and id(node) in targets:
-                _accumulate(found, node, g)
-            if node.released:
-                raise RuntimeError(_SECOND_SWEEP)
-            op, inputs = node.op, node.inputs
-            ans = None if node.ans is None else op.unpack_ans(node)
-            for i, e in enumerate(node.edges):
-                if e is None:
-                    continue
-                if type(e) is Node:
-                    if not needed[id(e)]:
-                        continue
-                    store = pending
-                else:
-                    if type(e) is _WeakRef:          # a leaf held weakly (hold_leaves_weakly)
-                        e = e()
-                        if e is None:
-                            continue
-                    if targets is not None and id(e) not in targets:
-                        continue
-                    store = found
-                rule = op.vjps[i]
-                if rule is None:
-                    continue
-                gi = rule(g, ans, *inputs, **node.params)
-                if gi is None:
-                    continue
-                x = inputs[i]
-                if gi._nb != x._nb and not (batched and not x._nb) or \
-                        gi.shape != x.shape or gi._dtype is not x._dtype:
-                    gi = _sum_to(gi, x, batched)
-                acc = store.get(id(e))             # _accumulate, inline: once per edge
-                if acc is None:
-                    store[id(e)] = [e, gi]
-                else:
-                    acc[1] = acc[1] + gi
-            if not retain_graph:
-                node.release()
+    # The grad mode of the sweep (a plain switch: a context object per sweep costs more than
+    # the sweep of a tiny graph), restored however the sweep ends.
+    if order:
+        grad_mode = _mode._state
+        prev_mode = grad_mode.enabled
+        grad_mode.enabled = bool(create_graph)
+        try:
+            dev = grads[0]._dev
+            if _device._CURRENT.dev is dev:          # inside a functional's scope already
+                _sweep(order, needed, pending, found, targets, batched, retain_graph)
+            else:
+                with _device.scope(dev):
+                    _sweep(order, needed, pending, found, targets, batched, retain_graph)
+        finally:
+            grad_mode.enabled = prev_mode
     if leaves:
         return found
     return {k: v[1] for k, v in found.items()}
+
+
+def _sweep(order, needed, pending, found, targets, batched, retain_graph):
+    """Run the rules of `order`'s nodes, each once its gradient is complete, summing each
+    input's cotangent into `pending` (a node's) or `found` (a wanted leaf's or node's)."""
+    for node in order:
+        g = pending.pop(node, None)
+        if g is None:
+            continue
+        if targets is not None and id(node) in targets:
+            _accumulate(found, node, g)
+        if node.released:
+            raise RuntimeError(_SECOND_SWEEP)
+        op, inputs, params = node.op, node.inputs, node.params
+        ans = None if node.ans is None else op.unpack_ans(node)
+        vjps = op.vjps
+        i = -1
+        for e in node.edges:
+            i += 1
+            if e is None:
+                continue
+            if type(e) is Node:
+                if not needed[e]:
+                    continue
+            else:
+                if type(e) is _WeakRef:          # a leaf held weakly (hold_leaves_weakly)
+                    e = e()
+                    if e is None:
+                        continue
+                if targets is not None and id(e) not in targets:
+                    continue
+            rule = vjps[i]
+            if rule is None:
+                continue
+            gi = rule(g, ans, *inputs, **params)
+            if gi is None:
+                continue
+            x = inputs[i]
+            # shapes compared on the arrays (no Size built) where both are plain tensors
+            if type(x) is Tensor and not (gi._nb or x._nb):
+                if gi._data.shape != x._data.shape or gi._dtype is not x._dtype:
+                    gi = _sum_to(gi, x, batched)
+            elif gi._nb != x._nb and not (batched and not x._nb) or gi.shape != x.shape or \
+                    gi._dtype is not x._dtype:        # a batch dim, a Meta, a Function's input
+                gi = _sum_to(gi, x, batched)
+            if type(e) is Node:
+                acc = pending.get(e)
+                pending[e] = gi if acc is None else acc + gi
+            else:
+                acc = found.get(id(e))            # _accumulate, inline: once per edge
+                if acc is None:
+                    found[id(e)] = [e, gi]
+                else:
+                    acc[1] = acc[1] + gi
+        if not retain_graph:
+            node.release()
 
 
 def _accumulate(store, obj, g):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import operator
@@ -10,7 +9,7 @@ import os
 
 from .. import _device, _lazy
 from .._tensor import Tensor
-from . import _grad, _mode, _seed_grads, forward_ad, grad
+from . import _grad, _mode, _seed_grads, _shape_differs, forward_ad, grad
 from ._graph import Node
 
 __all__ = ["vjp", "jvp", "jacobian", "hessian", "vhp", "hvp"]
@@ -45,9 +44,6 @@ def _one_scope(fn):
     return wrapper
 
 
-_NO_CHANGE = contextlib.nullcontext()
-
-
 def _check_func(func, fn_name):
     if not callable(func):
         raise TypeError(f"The func given to {fn_name} must be callable, got "
@@ -63,7 +59,8 @@ def _grad_preprocess(inputs, create_graph, need_graph, fn_name=None):
             from ..ops.shape import reshape_
             out.append(reshape_(t, shape=t.shape))          # a differentiable shallow copy
         else:
-            d = t.detach()
+            d = Tensor._make(t._data, t._dev, t._dtype, None)          # t.detach()
+            d._nb = t._nb
             if need_graph and d._dtype.is_floating_point:
                 d._requires_grad = True
             elif need_graph:
@@ -90,13 +87,16 @@ def _validate_v(v, other, is_other_tuple):
                 f"v is a tuple of invalid length: should be {len(other)} but got {len(v)}.")
         raise RuntimeError("The given v should contain a single Tensor.")
     for idx, (el_v, el_o) in enumerate(zip(v, other)):
-        prepend = f"Entry {idx} in " if is_other_tuple else ""
-        if el_v.shape != el_o.shape:
-            raise RuntimeError(f"{prepend}v has invalid size: should be "
+        if _shape_differs(el_v, el_o):
+            raise RuntimeError(f"{_entry(idx, is_other_tuple)}v has invalid size: should be "
                                f"{_size(el_o.shape)} but got {_size(el_v.shape)}.")
         if el_v._dev is not el_o._dev and el_v._dev != el_o._dev:
-            raise RuntimeError(f"{prepend}v is on device {el_v.device} but the output it "
-                               f"pairs with is on {el_o.device}.")
+            raise RuntimeError(f"{_entry(idx, is_other_tuple)}v is on device {el_v.device} "
+                               f"but the output it pairs with is on {el_o.device}.")
+
+
+def _entry(idx, is_tuple):
+    return f"Entry {idx} in " if is_tuple else ""
 
 
 def _size(shape):
@@ -132,10 +132,18 @@ def _check_requires_grad(items, strict, kind="outputs"):
             raise RuntimeError(_REQUIRES_GRAD_MSG[kind].format(i=i))
 
 
-def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=None):
-    """autograd.grad over the outputs that exist and require grad, None for unused inputs."""
+def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=None,
+                   v_checked=False):
+    """autograd.grad over the outputs that exist and require grad, None for unused inputs.
+    `v_checked`: grad_outputs were checked against the outputs already (_validate_v)."""
     outs, gs = outputs, grad_outputs
-    if not outputs or not all([o is not None and o._requires_grad for o in outputs]):
+    some_not = not outputs              # some output missing or not requiring grad
+    for o in outputs:
+        if o is None or not o._requires_grad:
+            some_not = True
+            break
+    if some_not:
+        _lazy.force(outputs)            # as _grad does with its own: outputs are handed back
         pairs = [(o, g) for o, g in zip(outputs, grad_outputs or (None,) * len(outputs))
                  if o is not None and o._requires_grad]
         if not pairs:
@@ -143,8 +151,20 @@ def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=Non
         outs, gs = zip(*pairs)
     # grad past its argument checks: the outputs require grad, the inputs are our own copies
     # that do (or tensors made to), and v was checked against the outputs
-    return _grad(outs, inputs, _seed_grads(outs, gs, create_graph),
-                 create_graph if retain_graph is None else retain_graph, create_graph)
+    if v_checked and gs is not None:
+        seeds = list(gs)
+        for i, o in enumerate(outs):
+            if seeds[i]._dtype is not o._dtype:     # as _seed_grads: in the output's dtype
+                seeds[i] = _to_dtype(seeds[i], o._dtype)
+    else:
+        seeds = _seed_grads(outs, gs, create_graph)
+    return _grad(outs, inputs, seeds, create_graph if retain_graph is None else retain_graph,
+                 create_graph)
+
+
+def _to_dtype(t, dtype):
+    from ..ops.shape import to_dtype
+    return to_dtype(t, dtype)
 
 
 # Which backward pass produced a None, for the strict-mode message.
@@ -195,8 +215,12 @@ def _unpack2(res, is_outer_tuple, is_inner_tuple):
 @_one_scope
 def vjp(func, inputs, v=None, create_graph=False, strict=False):
     """Same as `torch.autograd.functional.vjp`."""
-    _check_func(func, "vjp")
-    with _mode.enable_grad():
+    if not callable(func):
+        _check_func(func, "vjp")
+    grad_mode = _mode._state                # enable_grad(), as a plain switch
+    prev = grad_mode.enabled
+    grad_mode.enabled = True
+    try:
         is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "vjp")
         inputs = _grad_preprocess(inputs, create_graph, need_graph=True, fn_name="vjp")
         outputs = func(*inputs)
@@ -212,13 +236,17 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
         elif len(outputs) != 1 or outputs[0].numel() != 1:
             raise RuntimeError("The vector v can only be None if the user-provided function "
                                "returns a single Tensor with a single element.")
-    # without create_graph the sweep runs in the caller's grad mode, as in PyTorch
-    with _mode.enable_grad() if create_graph else _NO_CHANGE:
+        # without create_graph the sweep runs in the caller's grad mode, as in PyTorch
+        grad_mode.enabled = True if create_graph else prev
         # grad materialises the outputs with the gradients (one kernel a shape)
-        grads = _autograd_grad(outputs, inputs, v, create_graph)
+        grads = _autograd_grad(outputs, inputs, v, create_graph, v_checked=True)
         result = _fill_in_zeros(grads, inputs, strict, create_graph)
-    return (_unpack(_grad_postprocess(outputs, create_graph), is_outputs_tuple),
-            _unpack(result, is_inputs_tuple))
+    finally:
+        grad_mode.enabled = prev
+    if not create_graph:
+        outputs = tuple([o.detach() for o in outputs])
+    return (outputs if is_outputs_tuple else outputs[0],
+            result if is_inputs_tuple else result[0])
 
 
 # ----- jvp -------------------------------------------------------------------------------------

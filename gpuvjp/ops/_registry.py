@@ -250,6 +250,7 @@ def apply(op, args, params):
     dt0 = None                    # the first tensor's dtype
     kind = -1                     # highest category of the Python scalars (bool < int < float)
     arrays = []                   # the arguments with each tensor's backing array
+    edges = []                    # where each argument's gradient goes (Node.edges)
     pending = False               # some array is still a Pending expression
     small = True                  # every array has at most _lazy.EAGER_SIZE elements
     for a in args:
@@ -266,14 +267,19 @@ def apply(op, args, params):
                 mixed = True
                 if a._dev is not dev and a._dev != dev:
                     dev = _reconcile(op, [t for t in args if isinstance(t, Tensor)])
-            if a._nb:
-                nb = a._nb
-            if a._tangent is not None:
-                dual = True
+            if a._nb or a._tangent is not None:          # rare: one test for both
+                if a._nb:
+                    nb = a._nb
+                if a._tangent is not None:
+                    dual = True
             if a._requires_grad:
                 needs_grad = True
+                edges.append(a if a._node is None else a._node)
+            else:
+                edges.append(None)
         else:
             arrays.append(a)
+            edges.append(None)
             k = _SCALAR_KIND.get(type(a))
             if k is None:
                 mixed = mixed or a is not None
@@ -289,6 +295,8 @@ def apply(op, args, params):
         promoted = _promote(op, args, [a for a in args if isinstance(a, Tensor)], dev)
         if promoted is not args:
             args = promoted
+            edges = [(a if a._node is None else a._node)
+                     if isinstance(a, Tensor) and a._requires_grad else None for a in args]
             arrays = [a._data if isinstance(a, Tensor) else a for a in args]
             pending = any([type(d) is Pending for d in arrays])
     gpu = dev.type != "cpu"
@@ -306,7 +314,7 @@ def apply(op, args, params):
             out = _lazy.record(op, arrays, dev)
         else:
             out = None
-            if op.takes_pending and arrays and type(arrays[0]) is Pending:
+            if pending and op.takes_pending and type(arrays[0]) is Pending:
                 if not nb:
                     out = _lazy.reduce(op, arrays[0], params, dev)
                 if out is None:
@@ -314,21 +322,22 @@ def apply(op, args, params):
             if out is None:
                 if _profiler.ACTIVE:
                     token = _profiler.start(dev)
-                if op.elementwise and _lazy.ENABLED and not nb and not fusible:
+                if op.elementwise and not fusible and _lazy.ENABLED and not nb:
                     _log.fallback(op, "params" if params else "no CUDA expression")
                 if nb:
                     out = _batched(op, args, arrays, params, dev)
+                elif not gpu and op.np_fn is not None and not params and \
+                        _device._CURRENT.dev is dev:       # the CPU inside a functional's scope
+                    out = op.np_fn(*arrays)                 # what impl calls, one call fewer
                 else:
                     xp, impl = (_device.cupy_module(), op.gpu or op.impl) if gpu else (np, op.impl)
                     if _device._CURRENT.dev is not dev:     # outside a functional's scope
                         with _device.scope(dev):            # nan and inf propagate, as PyTorch
                             out = impl(xp, *arrays, **params)
-                    elif op.np_fn is not None and not gpu and not params:
-                        out = op.np_fn(*arrays)             # what impl calls, one call fewer
                     else:
                         out = impl(xp, *arrays, **params)
-                    if not gpu and type(out) is not np.ndarray and not op.moves_device:
-                        out = np.asarray(out)
+                if not (gpu or nb) and type(out) is not np.ndarray and not op.moves_device:
+                    out = np.asarray(out)
                 if _trace.ON:
                     _trace.op(op, args, arrays, params, dev, out)
                 if token is not None:
@@ -340,13 +349,10 @@ def apply(op, args, params):
         dev = params["device"]
 
     node = None
-    if needs_grad and op.differentiable and _mode.is_grad_enabled():
+    if needs_grad and op.differentiable and _mode._state.enabled:      # is_grad_enabled()
         if op.vjps is None:
             raise RuntimeError(f"the derivative for '{op.name}' is not implemented")
-        # promotion may have put a cast in front of an input: edges follow the promoted args
-        edges = tuple([(a if a._node is None else a._node)
-                       if isinstance(a, Tensor) and a._requires_grad else None for a in args])
-        node = Node(op, args if type(args) is tuple else tuple(args), params, edges,
+        node = Node(op, args if type(args) is tuple else tuple(args), params, tuple(edges),
                     out if op.saves_ans else None,
                     (out.shape[nb:] if nb else out.shape, dt, dev))
     result = Tensor._make(out, dev, dt, node)
