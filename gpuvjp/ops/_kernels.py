@@ -370,6 +370,18 @@ def _skeleton(plan):
     return s
 
 
+def _at_shape(skel, args):
+    """The skeleton at the shape of this call's array arguments: a kernel is cached by structure
+    and dtypes, never by shape, so one twin serves plans of every shape."""
+    shape = np.broadcast_shapes(*[getattr(a, "shape", ()) for a, s
+                                  in zip(args, skel.leaf_scalar) if not s])
+    if shape == skel.shape:
+        return skel
+    p = _skeleton(skel)
+    p.shape = shape
+    return p
+
+
 def plan_kernel(plan, name):
     """The cupy.ElementwiseKernel of `plan`, built once per plan key (compiles on first call)."""
     kern = _PLAN_KERNELS.get(plan.key)
@@ -389,7 +401,8 @@ def plan_kernel(plan, name):
         skel = _skeleton(plan)
 
         def twin(*args, _skel=skel):
-            outs = evaluate(_skel, _typed_scalars(_skel, args))
+            args = _typed_scalars(_skel, args)
+            outs = evaluate(_at_shape(_skel, args), args)
             return outs[0] if len(outs) == 1 else tuple(outs)
         register_twin(name, twin)
         _PLAN_KERNELS[plan.key] = kern
@@ -499,7 +512,8 @@ def plan_reduction_kernel(plan, name, op):
         skel = _skeleton(plan)
 
         def twin(*args, axis=None, keepdims=False, _skel=skel):
-            val = evaluate(_skel, _typed_scalars(_skel, args))[0]
+            args = _typed_scalars(_skel, args)
+            val = evaluate(_at_shape(_skel, args), args)[0]
             return op.impl(np, val, dim=axis, keepdim=keepdims)
         register_twin(name, twin)
         _PLAN_KERNELS[(plan.key, op.name)] = kern

@@ -319,6 +319,19 @@ def test_fused_sum_on_cuda_matches_cpu(dtype, rng):
         np.testing.assert_allclose(a.numpy(), b.numpy(), **TOL[dtype])
 
 
+@pytest.mark.gpu
+def test_one_plan_structure_at_several_shapes_on_cuda_matches_cpu(rng):
+    """A generated kernel is cached by structure and dtypes, never by shape: the same plan at a
+    long-row shape, a many-row shape and the first again (elementwise plans and fused sums)."""
+    for shape in [(2, 40000), (300, 256), (2, 40000), (7,)]:
+        x0 = rng.standard_normal(shape)
+        got = [((x - x.mean(-1, keepdim=True)) ** 2).mean(-1).numpy()
+               for x in (gv.tensor(x0, device="cuda"), gv.tensor(x0))]
+        np.testing.assert_allclose(got[0], got[1], rtol=1e-12, atol=1e-12)
+        got = [(gv.tensor(x0, device=d) * 2 + 1).tanh().numpy() for d in ("cuda", "cpu")]
+        np.testing.assert_allclose(got[0], got[1], rtol=1e-12, atol=1e-12)
+
+
 def test_nvrtc_check_fails_on_a_broken_generated_kernel(nvrtc):
     plan, name = _plan_of("mixes", "float32")
     kern, unit = _cupy_unit(plan, name)
