@@ -53,6 +53,7 @@ DIFFERENCES = {
     "m.einsum('ij,jk->ik', x, y)": "EinsumBackward0",    # torch: ViewBackward0
     "x.t()": "TransposeBackward0",                 # torch: TBackward0
     "x.T": "TransposeBackward0",                   # torch: PermuteBackward0
+    "b.permute(0, 2, 1)": "TransposeBackward0",    # torch: PermuteBackward0 (2 dims swapped)
     "x.t().reshape(-1)": "ViewBackward0",          # torch: UnsafeViewBackward0
     "x.unsqueeze(0).squeeze()": "SqueezeBackward1",      # torch: SqueezeBackward0
     "x.reshape(1, 3, 4)": "UnsqueezeBackward0",    # torch: ViewBackward0
