@@ -390,8 +390,9 @@ def _basis_chunk(refs, start, stop, flat=True):
 
 
 # ----- chunk sizes ------------------------------------------------------------------------------
-def _check_chunk_size(chunk_size):
-    """chunk_size as _resolve_chunk takes it: None, "auto" or a positive int."""
+def _check_chunk_size(chunk_size, where="jacobian"):
+    """chunk_size as _resolve_chunk takes it: None, "auto" or a positive int (a ValueError
+    naming `where` otherwise)."""
     if chunk_size is None or (isinstance(chunk_size, str) and chunk_size == "auto"):
         return chunk_size
     try:
@@ -399,7 +400,7 @@ def _check_chunk_size(chunk_size):
     except TypeError:
         n = None
     if n is None or n <= 0:
-        raise ValueError('jacobian: chunk_size must be None, "auto" or a positive int, but got '
+        raise ValueError(f'{where}: chunk_size must be None, "auto" or a positive int, but got '
                          f"{chunk_size!r}")
     return n
 

@@ -19,7 +19,6 @@ only); `_dask` is every call into dask and distributed.
 from __future__ import annotations
 
 import math
-import operator
 
 import numpy as np
 
@@ -33,16 +32,7 @@ __all__ = ["jacobian", "hessian", "map_vjp"]
 # ----- arguments --------------------------------------------------------------------------------
 def _check_chunk_size(chunk_size, fn_name):
     """None (one task), "auto" or a positive int, as a ValueError naming `fn_name` otherwise."""
-    if chunk_size is None or (isinstance(chunk_size, str) and chunk_size == "auto"):
-        return chunk_size
-    try:
-        n = None if isinstance(chunk_size, bool) else operator.index(chunk_size)
-    except TypeError:
-        n = None
-    if n is None or n <= 0:
-        raise ValueError(f'gpuvjp.distributed.{fn_name}: chunk_size must be None, "auto" or a '
-                         f"positive int, but got {chunk_size!r}")
-    return n
+    return F._check_chunk_size(chunk_size, f"gpuvjp.distributed.{fn_name}")
 
 
 def _refuse_create_graph(create_graph, fn_name):
