@@ -508,32 +508,40 @@ def jacobian(func, inputs, create_graph=False, strict=False, vectorize=False,
 
 def _jacrev_rows(outputs, inputs, create_graph, strict):
     """PyTorch's loop: one backward sweep per output element."""
-    from .._creation import zeros, zeros_like
+    from .._creation import zeros
     jac = []
     for i, out in enumerate(outputs):
-        rows = [[] for _ in inputs]
-        flat = out.reshape(-1)
-        for j in range(out.numel()):
-            vj = _autograd_grad((flat[j],), inputs, None, create_graph, retain_graph=True)
-            for k, (g, inp) in enumerate(zip(vj, inputs)):
-                if g is None:
-                    if strict:
-                        raise RuntimeError(
-                            f"Output {i} of the user-provided function is independent of "
-                            f"input {k}. This is not allowed in strict mode.")
-                    g = zeros_like(inp)
-                elif strict and create_graph and not g.requires_grad:
-                    # NOTE: PyTorch names the output's index here, not the input's.
-                    raise RuntimeError(
-                        "The jacobian of the user-provided function is independent of input "
-                        f"{i}. This is not allowed in strict mode when create_graph=True.")
-                rows[k].append(g)
+        rows = _jacrev_sweeps(i, out.reshape(-1), inputs, range(out.numel()), create_graph,
+                              strict)
         # NOTE: an output with no elements gets an empty Jacobian (PyTorch fails to stack).
         jac.append(tuple(
             _stack(r).reshape(*out.shape, *inp.shape) if r else
             zeros((*out.shape, *inp.shape), dtype=inp.dtype, device=inp.device)
             for r, inp in zip(rows, inputs)))
     return tuple(jac)
+
+
+def _jacrev_sweeps(i, flat, inputs, rows, create_graph, strict):
+    """Rows `rows` of output i's Jacobian (`flat` is the output flattened), one backward sweep
+    per row: for each input, the list of its rows (zeros where the row does not reach it)."""
+    from .._creation import zeros_like
+    out = [[] for _ in inputs]
+    for j in rows:
+        vj = _autograd_grad((flat[j],), inputs, None, create_graph, retain_graph=True)
+        for k, (g, inp) in enumerate(zip(vj, inputs)):
+            if g is None:
+                if strict:
+                    raise RuntimeError(
+                        f"Output {i} of the user-provided function is independent of "
+                        f"input {k}. This is not allowed in strict mode.")
+                g = zeros_like(inp)
+            elif strict and create_graph and not g.requires_grad:
+                # NOTE: PyTorch names the output's index here, not the input's.
+                raise RuntimeError(
+                    "The jacobian of the user-provided function is independent of input "
+                    f"{i}. This is not allowed in strict mode when create_graph=True.")
+            out[k].append(g)
+    return out
 
 
 def _jacrev_vectorized(outputs, inputs, create_graph, chunk_size):

@@ -86,17 +86,7 @@ def jacobian_rows(payload, i, start, stop, vectorize, strict, shapes, dtypes):
             blocks = [_zeros((stop - start, *x.shape), x) if g is None else g
                       for g, x in zip(vj, ins)]
         else:
-            rows = [[] for _ in ins]
-            for j in range(start, stop):                # one sweep per row, as PyTorch
-                vj = F._autograd_grad((flat[j],), ins, None, False, retain_graph=True)
-                for k, (g, x) in enumerate(zip(vj, ins)):
-                    if g is None:
-                        if strict:
-                            raise RuntimeError(
-                                f"Output {i} of the user-provided function is independent of "
-                                f"input {k}. This is not allowed in strict mode.")
-                        g = _zeros(x.shape, x)
-                    rows[k].append(g)
+            rows = F._jacrev_sweeps(i, flat, ins, range(start, stop), False, strict)
             blocks = [F._stack(r) for r in rows]
         return _arrays(blocks, shapes, dtypes)
 
