@@ -180,8 +180,9 @@ def is_cupy_array(a) -> bool:
 
 
 def use(dev: device):
-    """Context in which `dev`'s arrays are made (CuPy's current device); a no-op on cpu."""
-    if dev.type == "cpu":
+    """Context in which `dev`'s arrays are made (CuPy's current device); a no-op on cpu and
+    inside a `scope` of `dev`, which already made it current."""
+    if dev.type == "cpu" or _CURRENT.dev is dev:
         return _NULL
     return cupy_module().cuda.Device(dev.index)
 

@@ -465,11 +465,6 @@ def _call_logged(kern, name, *args, **kwargs):
     return out
 
 
-def _on(dev):
-    """`dev` made CuPy's current device, unless a functional's scope already did."""
-    return _device.use(dev) if _device._CURRENT.dev is not dev else _device._NULL
-
-
 def run_plan(plan, name, dev):
     """The plan's outputs on `dev` (a list of CuPy arrays), one launch."""
     if os.environ.get("GPUVJP_ROW_KERNELS") == "1":      # row operands: gpuvjp/ops/_rows.py
@@ -477,7 +472,7 @@ def run_plan(plan, name, dev):
         outs = _rows.run_plan(plan, name, dev)
         if outs is not None:
             return outs
-    with _on(dev):
+    with _device.use(dev):
         out = _call_logged(plan_kernel(plan, name), name, *_kernel_args(plan))
     return list(out) if isinstance(out, tuple) else [out]
 
@@ -524,6 +519,6 @@ def plan_reduction_kernel(plan, name, op):
 def reduce_plan(plan, name, op, params, dev):
     """sum(plan's output, dim) in one launch: the plan is the reduction's map expression."""
     kern = plan_reduction_kernel(plan, name, op)
-    with _on(dev):
+    with _device.use(dev):
         return _call_logged(kern, name, *_kernel_args(plan, True), axis=params["dim"],
                             keepdims=params["keepdim"])
