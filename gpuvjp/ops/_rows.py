@@ -654,6 +654,25 @@ def _rowcast_plan(arrays, out_shape):
     return None
 
 
+def _leaf_code(i, ty, nm, kind, indent, restrict, sig, per_row, per_col):
+    """Operand i of C type `ty` read into `nm` as `kind` says (a scalar argument; a row value
+    read once per row; a full operand at _r * stride + _j; a column operand at _j): appends its
+    parameters to `sig` and its loads to the per-row and per-element lines."""
+    ptr = f"const {ty}*{restrict}"
+    if kind[0] == "scalar":
+        sig.append(f"const {ty} {nm}")
+    elif kind[0] == "row":
+        sig.append(f"{ptr} _p{i}, long long _s{i}")
+        per_row.append(f"{indent}const {ty} {nm} = _p{i}[_r * _s{i}];")
+    elif kind[0] == "full":
+        sig.append(f"{ptr} _p{i}, long long _s{i}")
+        per_row.append(f"{indent}{ptr} _q{i} = _p{i} + _r * _s{i};")
+        per_col.append(f"{indent}  const {ty} {nm} = _q{i}[_j];")
+    else:
+        sig.append(f"{ptr} _p{i}")
+        per_col.append(f"{indent}  const {ty} {nm} = _p{i}[_j];")
+
+
 def rowcast_source(name, family, fn, in_params, out_params, kinds, dtypes):
     """The RawKernel gv_rowcast_<fn>_<kinds>: out[r, j] = gv::fn(...) with row operands read once
     per row into registers, full operands at r * ld + j, column operands at j."""
@@ -664,18 +683,9 @@ def rowcast_source(name, family, fn, in_params, out_params, kinds, dtypes):
     sig, per_row, per_col = [], [], []
     for i, ((t, nm), kind) in enumerate(zip(params, kinds)):
         ty = _ctype(dtypes.get(t, t) if len(t) == 1 else t)
-        if kind[0] == "scalar":
-            sig.append(f"{ctype if len(t) == 1 else ty} {nm}")
-        elif kind[0] == "row":
-            sig.append(f"const {ty}* _p{i}, long long _s{i}")
-            per_row.append(f"    const {ty} {nm} = _p{i}[_r * _s{i}];")
-        elif kind[0] == "full":
-            sig.append(f"const {ty}* _p{i}, long long _s{i}")
-            per_row.append(f"    const {ty}* _q{i} = _p{i} + _r * _s{i};")
-            per_col.append(f"      const {ty} {nm} = _q{i}[_j];")
-        else:
-            sig.append(f"const {ty}* _p{i}")
-            per_col.append(f"      const {ty} {nm} = _p{i}[_j];")
+        if kind[0] == "scalar" and len(t) == 1:
+            ty = ctype                               # a T scalar computes in the kernel's type
+        _leaf_code(i, ty, nm, kind, "    ", "", sig, per_row, per_col)
     sig.append(f"{out_t}* _out, long long _rows, long long _n")
     call = _kernels.call_expr(fn, in_params, ctype)
     body = "\n".join([
@@ -922,21 +932,9 @@ def _operands(fplan, kinds, written, indent):
     the outputs written) of a RawKernel over `fplan`'s leaves read as `kinds` say, writing the
     plan outputs `written` (node indices) at _r * _n + _j."""
     sig, per_row, per_col, args = [], [], [], []
-    inner = indent + "  "
     for i, (d, kd) in enumerate(zip(fplan.leaf_dtypes, kinds)):
-        t = _kernels._ctype(d)
-        if kd[0] == "scalar":
-            sig.append(f"const {t} a{i}")
-        elif kd[0] == "row":
-            sig.append(f"const {t}* __restrict__ _p{i}, long long _s{i}")
-            per_row.append(f"{indent}const {t} a{i} = _p{i}[_r * _s{i}];")
-        elif kd[0] == "full":
-            sig.append(f"const {t}* __restrict__ _p{i}, long long _s{i}")
-            per_row.append(f"{indent}const {t}* __restrict__ _q{i} = _p{i} + _r * _s{i};")
-            per_col.append(f"{inner}const {t} a{i} = _q{i}[_j];")
-        else:
-            sig.append(f"const {t}* __restrict__ _p{i}")
-            per_col.append(f"{inner}const {t} a{i} = _p{i}[_j];")
+        _leaf_code(i, _kernels._ctype(d), f"a{i}", kd, indent, " __restrict__", sig, per_row,
+                   per_col)
         args.append(f"a{i}")
     outs = [_kernels._ctype(fplan.nodes[o][2]) for o in written]
     for k, t in enumerate(outs):
