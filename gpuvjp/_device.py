@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import threading
@@ -206,6 +207,59 @@ class _Current(threading.local):
 _CURRENT = _Current()
 
 
+# NumPy's error state lives in a context variable (NumPy 2); setting it to a state prepared
+# once is what `np.errstate(all="ignore")` does, without building the context object and its
+# keyword handling on every call. Where the variable is not there, errstate is used.
+try:
+    from numpy._core._ufunc_config import _extobj_contextvar as _ERR
+except ImportError:                                    # pragma: no cover - other NumPy builds
+    _ERR = None
+_QUIET = {}                 # an error state -> the same state with every warning off
+
+
+def _quiet_state():
+    cur = _ERR.get()
+    q = _QUIET.get(cur)
+    if q is None:
+        with np.errstate(all="ignore"):
+            q = _ERR.get()
+        if len(_QUIET) > 64:                # the caller keeps changing np.seterr: bounded
+            _QUIET.clear()
+        _QUIET[cur] = q
+    return q
+
+
+def enter(dev):
+    """Enter a compute scope of `dev` (see `scope`); returns what `leave` restores, or None
+    where this thread is in a scope of `dev` already. For hot paths: `scope` is the same as a
+    context manager."""
+    prev = _CURRENT.dev
+    if prev is dev:
+        return None
+    if dev.type == "cpu" and _ERR is not None:
+        ctx = _ERR.set(_quiet_state())
+    else:
+        ctx = (np.errstate(all="ignore") if dev.type == "cpu"
+               else cupy_module().cuda.Device(dev.index))
+        ctx.__enter__()
+    _CURRENT.dev = dev
+    return (prev, ctx)
+
+
+def leave(state, exc=(None, None, None)):
+    """Leave the scope `enter` returned `state` for."""
+    if state is not None:
+        prev, ctx = state
+        _CURRENT.dev = prev
+        if type(ctx) is _Token:
+            _ERR.reset(ctx)
+        else:
+            ctx.__exit__(*exc)
+
+
+_Token = contextvars.Token
+
+
 class scope:
     """Context for a whole computation on `dev` (a functional call, one op outside one):
     on cpu NumPy's floating-point warnings are off (nan and inf propagate silently, as in
@@ -213,26 +267,18 @@ class scope:
     themselves, so a call pays for one context, not one per op. Code inside a scope that
     makes another CuPy device current must leave it before calling gpuvjp ops on `dev`."""
 
-    __slots__ = ("dev", "_ctx", "_prev")
+    __slots__ = ("dev", "_state")
 
     def __init__(self, dev):
         self.dev = dev
-        self._ctx = None
 
     def __enter__(self):
-        self._prev = _CURRENT.dev
-        if self._prev is not self.dev:
-            self._ctx = (np.errstate(all="ignore") if self.dev.type == "cpu"
-                         else cupy_module().cuda.Device(self.dev.index))
-            self._ctx.__enter__()
-            _CURRENT.dev = self.dev
+        self._state = enter(self.dev)
         return self
 
     def __exit__(self, *exc):
-        if self._ctx is not None:
-            _CURRENT.dev = self._prev
-            self._ctx.__exit__(*exc)
-            self._ctx = None
+        leave(self._state, exc)
+        self._state = None
         return False
 
 

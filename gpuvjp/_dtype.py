@@ -13,7 +13,8 @@ _BOOL, _INT, _FLOAT = 0, 1, 2
 class dtype:
     """Same as `torch.dtype`: printable as `gpuvjp.float32`, with `is_floating_point`."""
 
-    __slots__ = ("name", "np", "category", "rank", "itemsize")
+    # is_floating_point: a plain attribute, read on every op that promotes to float
+    __slots__ = ("name", "np", "category", "rank", "itemsize", "is_floating_point")
 
     def __init__(self, name, np_dtype, category, rank):
         self.name = name
@@ -21,10 +22,7 @@ class dtype:
         self.category = category
         self.rank = rank
         self.itemsize = self.np.itemsize
-
-    @property
-    def is_floating_point(self):
-        return self.category == _FLOAT
+        self.is_floating_point = category == _FLOAT
 
     @property
     def scalar_name(self):

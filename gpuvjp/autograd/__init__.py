@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import _lazy, _trace
+from .._lazy import Pending
 from .._tensor import Tensor
 from ._graph import hold_leaves_weakly, run_backward
 from ._mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
@@ -112,17 +113,22 @@ def _grad(outputs, inputs, grads, retain_graph, create_graph, allow_unused=True,
           materialize_grads=False):
     """autograd.grad past its argument checks: `outputs` require grad, `grads` are their
     seeds (_seed_grads), `inputs` require grad."""
-    keys = [id(t if t._node is None else t._node) for t in inputs]     # as _key
-    roots = [o if o._node is None else o._node for o in outputs]
+    keys = []                                   # what the sweep knows each input by (_key)
+    for t in inputs:
+        keys.append(id(t if t._node is None else t._node))
+    roots = []
+    for o in outputs:
+        roots.append(o if o._node is None else o._node)
     targets = set(keys)
     keep = None
-    if graph.RETAINED:              # a non-leaf that retains its gradient gets it here too
+    if graph.RETAINED.data:         # a non-leaf that retains its gradient gets it here too
         keep = graph.retained_below(roots)[1]
         targets |= set(keep)
     found = run_backward(roots, grads, targets, retain_graph, create_graph, leaves=True)
     if keep:
         _fill_retained(keep, found, create_graph)
     result = []
+    pending = False
     for i, t in enumerate(inputs):
         g = found.get(keys[i])
         if g is None:
@@ -133,12 +139,17 @@ def _grad(outputs, inputs, grads, retain_graph, create_graph, allow_unused=True,
                 raise RuntimeError(
                     f"The differentiated Tensor at index {i} appears to not have been used in "
                     "the graph. Set allow_unused=True if this is the desired behavior.")
-        else:
-            g = g[1] if create_graph else g[1].detach()
+            result.append(g)
+            continue
+        g = g[1] if create_graph else g[1].detach()
+        pending = pending or type(g._data) is Pending
         result.append(g)
+    for o in outputs:
+        pending = pending or type(o._data) is Pending
     # gradients handed back are in memory; the outputs (vjp hands them back too) join them,
     # so results of one shape are written by one kernel
-    _lazy.force((result, outputs))
+    if pending:
+        _lazy.force((result, outputs))
     return tuple(result)
 
 

@@ -91,7 +91,10 @@ class Node:
             self.released = True
         elif self.inputs is not None:
             # tensors become Meta; a Meta (a node swept before) and non-tensors stay
-            self.inputs = tuple([Meta(t) if hasattr(t, "_data") else t for t in self.inputs])
+            kept = []
+            for t in self.inputs:
+                kept.append(Meta(t) if type(t) is Tensor or hasattr(t, "_data") else t)
+            self.inputs = tuple(kept)
 
 
 class Meta:
@@ -192,23 +195,21 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
             root_nodes.append(r)
         elif targets is None or id(r) in targets:  # a leaf tensor is its own root
             _accumulate(found, r, g)
-    order, needed = _toposort(root_nodes, targets) if root_nodes else ((), None)
-
-    # The grad mode of the sweep (a plain switch: a context object per sweep costs more than
-    # the sweep of a tiny graph), restored however the sweep ends.
-    if order:
-        grad_mode = _mode._state
-        prev_mode = grad_mode.enabled
-        grad_mode.enabled = bool(create_graph)
-        try:
-            dev = grads[0]._dev
-            if _device._CURRENT.dev is dev:          # inside a functional's scope already
+    if root_nodes:
+        order, needed = _toposort(root_nodes, targets)
+        if order:
+            # The grad mode and device of the sweep: a plain switch and _device.enter (a
+            # context object per sweep costs more than the sweep of a tiny graph), restored
+            # however the sweep ends.
+            grad_mode = _mode._state
+            prev_mode = grad_mode.enabled
+            grad_mode.enabled = bool(create_graph)
+            scope = _device.enter(grads[0]._dev)
+            try:
                 _sweep(order, needed, pending, found, targets, batched, retain_graph)
-            else:
-                with _device.scope(dev):
-                    _sweep(order, needed, pending, found, targets, batched, retain_graph)
-        finally:
-            grad_mode.enabled = prev_mode
+            finally:
+                grad_mode.enabled = prev_mode
+                _device.leave(scope)
     if leaves:
         return found
     return {k: v[1] for k, v in found.items()}
@@ -246,7 +247,7 @@ def _sweep(order, needed, pending, found, targets, batched, retain_graph):
             rule = vjps[i]
             if rule is None:
                 continue
-            gi = rule(g, ans, *inputs, **params)
+            gi = rule(g, ans, *inputs, **params) if params else rule(g, ans, *inputs)
             if gi is None:
                 continue
             x = inputs[i]
@@ -267,7 +268,11 @@ def _sweep(order, needed, pending, found, targets, batched, retain_graph):
                 else:
                     acc[1] = acc[1] + gi
         if not retain_graph:
-            node.release()
+            if op.saves_inputs or node.ans is not None:     # release(), its common case
+                node.inputs = node.ans = node.ans_tangent = None
+                node.released = True
+            else:
+                node.release()
 
 
 def _accumulate(store, obj, g):

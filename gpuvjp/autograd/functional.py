@@ -8,6 +8,7 @@ import operator
 import os
 
 from .. import _device, _lazy
+from .._dtype import _FLOAT
 from .._tensor import Tensor
 from . import _grad, _mode, _seed_grads, _shape_differs, forward_ad, grad
 from ._graph import Node
@@ -39,8 +40,11 @@ def _one_scope(fn):
             first = inputs[0] if inputs else None
         if not isinstance(first, Tensor):      # bad inputs: the functional raises
             return fn(func, inputs, *args, **kwargs)
-        with _device.scope(first._dev):
+        state = _device.enter(first._dev)
+        try:
             return fn(func, inputs, *args, **kwargs)
+        finally:
+            _device.leave(state)
     return wrapper
 
 
@@ -55,13 +59,13 @@ def _grad_preprocess(inputs, create_graph, need_graph, fn_name=None):
     these (and never accumulate into the caller's tensors)."""
     out = []
     for i, t in enumerate(inputs):
-        if create_graph and t.requires_grad:
+        if create_graph and t._requires_grad:
             from ..ops.shape import reshape_
             out.append(reshape_(t, shape=t.shape))          # a differentiable shallow copy
         else:
             d = Tensor._make(t._data, t._dev, t._dtype, None)          # t.detach()
             d._nb = t._nb
-            if need_graph and d._dtype.is_floating_point:
+            if need_graph and d._dtype.category == _FLOAT:
                 d._requires_grad = True
             elif need_graph:
                 where = f" (the value at index {i} of the inputs given to {fn_name} has " \
@@ -87,7 +91,8 @@ def _validate_v(v, other, is_other_tuple):
                 f"v is a tuple of invalid length: should be {len(other)} but got {len(v)}.")
         raise RuntimeError("The given v should contain a single Tensor.")
     for idx, (el_v, el_o) in enumerate(zip(v, other)):
-        if _shape_differs(el_v, el_o):
+        if (el_v._data.shape != el_o._data.shape or el_v._nb or el_o._nb) and \
+                _shape_differs(el_v, el_o):
             raise RuntimeError(f"{_entry(idx, is_other_tuple)}v has invalid size: should be "
                                f"{_size(el_o.shape)} but got {_size(el_v.shape)}.")
         if el_v._dev is not el_o._dev and el_v._dev != el_o._dev:
@@ -152,10 +157,12 @@ def _autograd_grad(outputs, inputs, grad_outputs, create_graph, retain_graph=Non
     # grad past its argument checks: the outputs require grad, the inputs are our own copies
     # that do (or tensors made to), and v was checked against the outputs
     if v_checked and gs is not None:
-        seeds = list(gs)
+        seeds = gs
         for i, o in enumerate(outs):
-            if seeds[i]._dtype is not o._dtype:     # as _seed_grads: in the output's dtype
-                seeds[i] = _to_dtype(seeds[i], o._dtype)
+            if gs[i]._dtype is not o._dtype:        # as _seed_grads: in the output's dtype
+                if seeds is gs:
+                    seeds = list(gs)
+                seeds[i] = _to_dtype(gs[i], o._dtype)
     else:
         seeds = _seed_grads(outs, gs, create_graph)
     return _grad(outs, inputs, seeds, create_graph if retain_graph is None else retain_graph,
@@ -215,21 +222,25 @@ def _unpack2(res, is_outer_tuple, is_inner_tuple):
 @_one_scope
 def vjp(func, inputs, v=None, create_graph=False, strict=False):
     """Same as `torch.autograd.functional.vjp`."""
+    # The common case (a Tensor or a tuple of Tensors, outputs that require grad, v of the
+    # outputs' dtypes) is decided in line; anything else goes through the checks that raise
+    # PyTorch's errors or take the general route.
     if not callable(func):
         _check_func(func, "vjp")
     grad_mode = _mode._state                # enable_grad(), as a plain switch
     prev = grad_mode.enabled
     grad_mode.enabled = True
     try:
-        is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "vjp")
+        is_inputs_tuple, inputs = (False, (inputs,)) if type(inputs) is Tensor else \
+            _as_tuple(inputs, "inputs", "vjp")
         inputs = _grad_preprocess(inputs, create_graph, need_graph=True, fn_name="vjp")
         outputs = func(*inputs)
-        is_outputs_tuple, outputs = _as_tuple(
-            outputs, "outputs of the user-provided function", "vjp")
+        is_outputs_tuple, outputs = (False, (outputs,)) if type(outputs) is Tensor else \
+            _as_tuple(outputs, "outputs of the user-provided function", "vjp")
         if strict:
             _check_requires_grad(outputs, strict)
         if v is not None:
-            _, v = _as_tuple(v, "v", "vjp")
+            v = (v,) if type(v) is Tensor else _as_tuple(v, "v", "vjp")[1]
             if create_graph:          # without, the sweep records nothing: v is used as is
                 v = _grad_preprocess(v, create_graph, need_graph=False)
             _validate_v(v, outputs, is_outputs_tuple)
@@ -240,13 +251,17 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
         grad_mode.enabled = True if create_graph else prev
         # grad materialises the outputs with the gradients (one kernel a shape)
         grads = _autograd_grad(outputs, inputs, v, create_graph, v_checked=True)
-        result = _fill_in_zeros(grads, inputs, strict, create_graph)
+        for g in grads:
+            if g is None or strict:
+                grads = _fill_in_zeros(grads, inputs, strict, create_graph)
+                break
     finally:
         grad_mode.enabled = prev
     if not create_graph:
-        outputs = tuple([o.detach() for o in outputs])
+        outputs = (outputs[0].detach(),) if len(outputs) == 1 else \
+            tuple([o.detach() for o in outputs])
     return (outputs if is_outputs_tuple else outputs[0],
-            result if is_inputs_tuple else result[0])
+            grads if is_inputs_tuple else grads[0])
 
 
 # ----- jvp -------------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ import math
 import numpy as np
 
 from .. import _device, _trace
+from .._lazy import Pending
+from ..autograd import _mode
 from . import _kernels, _rows
 from . import shape as _shape
 from ..autograd._forward import deflinear
-from ._registry import FLOAT, KEEP, defop, defvjp, fused, shift_dims_rule
+from ._registry import FLOAT, KEEP, apply, defop, defvjp, fused, shift_dims_rule
 from ._util import norm_dim, norm_dims
 from .binary import eq, logical_and, logical_or, maximum, minimum, ne, where
 from .unary import abs_, sign, zeros_like_
@@ -63,7 +65,9 @@ def keep(g, dims, keepdim, shape):
 def _spread(g, dims, keepdim, shape):
     """g broadcast back over the reduced `dims` to `shape` as ONE read-only view of g's memory
     (keep's reshape and the graph's expand in one step), for a g that records nothing."""
-    a = g._array()
+    a = g._data
+    if type(a) is Pending:
+        a = g._array()
     out = _spread_array(a, dims, keepdim, shape)
     if _trace.ON:                                   # gv.compile replays the same view
         _trace.call(_spread_array, (a, dims, keepdim, shape), {}, out)
@@ -71,15 +75,14 @@ def _spread(g, dims, keepdim, shape):
 
 
 def _spread_array(a, dims, keepdim, shape):
-    if type(a) is np.ndarray and a.flags.c_contiguous and a.size:
-        strides, given = [], iter(a.strides)
-        for i in range(len(shape)):
-            if i not in dims:
-                strides.append(next(given))
-            else:
-                strides.append(0)
-                if keepdim:
-                    next(given)                     # the reduced dim kept with size 1
+    if type(a) is np.ndarray and a.size and a.flags.c_contiguous:
+        strides = list(a.strides)
+        if keepdim:
+            for d in dims:
+                strides[d] = 0
+        else:
+            for d in dims:                          # ascending: each lands at its place
+                strides.insert(d, 0)
         out = np.ndarray(shape, a.dtype, a, 0, tuple(strides))
         out.flags.writeable = False
         return out
@@ -91,7 +94,8 @@ def _spread_array(a, dims, keepdim, shape):
 # ----- sum -------------------------------------------------------------------------------------
 # y = sum(x, dims); the gradient is g broadcast back over the reduced dims (a view, no copy)
 def sum_vjp(g, ans, x, dim, keepdim):
-    if dim and not _shape._records(g):        # a first-order sweep: one view, no op
+    # a first-order sweep (nothing to record, _shape._records): one view, no op
+    if dim and not (g._nb or g._tangent is not None or _mode._state.enabled):
         return _spread(g, dim, keepdim, x.shape)
     return keep(g, dim, keepdim, x.shape)
 
@@ -109,10 +113,14 @@ def sum_(input, dim=None, keepdim=False, *, dtype=None):
     if dtype is not None:
         from .shape import to_dtype
         input = to_dtype(input, dtype)
-    dims = norm_dims(dim, input.ndim)
-    if dim is not None and isinstance(dim, (list, tuple)) and len(dim) == 0:
-        dims = tuple(range(input.ndim))      # PyTorch: an empty dim list reduces everything
-    return sum_op(input, dim=dims, keepdim=bool(keepdim))
+    n = input.ndim
+    if type(dim) is int and -n <= dim < n:          # the common case: norm_dims' answer
+        dims = (dim % n,)
+    else:
+        dims = norm_dims(dim, n)
+        if dim is not None and isinstance(dim, (list, tuple)) and len(dim) == 0:
+            dims = tuple(range(n))      # PyTorch: an empty dim list reduces everything
+    return apply(sum_op, (input,), {"dim": dims, "keepdim": bool(keepdim)})
 
 
 # ----- mean ------------------------------------------------------------------------------------

@@ -156,16 +156,39 @@ def test_promoted_inputs_get_their_gradient_cast_back():
 
 # ----- one compute scope per functional call ------------------------------------------------
 def test_one_error_state_per_vjp_call(monkeypatch):
-    entered = []
-    real = np.errstate
+    entered, scopes = [], []
+    real, real_enter = np.errstate, _device.enter
 
     def counting(**kw):
         entered.append(kw)
         return real(**kw)
+
+    def counting_enter(dev):
+        state = real_enter(dev)
+        if state is not None:                   # a scope entered, not one already in
+            scopes.append(dev)
+        return state
     monkeypatch.setattr(np, "errstate", counting)
+    monkeypatch.setattr(_device, "enter", counting_enter)
+    _device._QUIET.clear()                      # the quiet state is built once, here
     x = gv.tensor(np.linspace(0.5, 2.0, 12).reshape(3, 4))
-    gv.autograd.functional.vjp(lambda t: (t.exp() * 2.0 + t.log()).sum(dim=1), x, gv.ones(3))
-    assert len(entered) == 1
+    for _ in range(3):
+        gv.autograd.functional.vjp(lambda t: (t.exp() * 2.0 + t.log()).sum(dim=1), x,
+                                   gv.ones(3))
+    assert scopes == [x.device] * 3             # one scope per call, none per op
+    assert len(entered) == 1                    # NumPy's errstate: once per process
+
+
+def test_error_state_is_the_callers_outside_a_call():
+    with np.errstate(divide="raise"):
+        gv.autograd.functional.vjp(lambda t: t.log(), gv.tensor([0.0, 1.0]), gv.ones(2))
+        with pytest.raises(FloatingPointError):
+            np.log(np.zeros(1))
+    with np.errstate(divide="warn"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gv.autograd.functional.vjp(lambda t: t.log(), gv.tensor([0.0, 1.0]), gv.ones(2))
+        with pytest.raises(RuntimeWarning):
+            np.log(np.zeros(1))
 
 
 def test_nan_and_inf_propagate_silently_inside_and_outside_a_call():
