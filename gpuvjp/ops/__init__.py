@@ -111,12 +111,11 @@ TENSOR_ONLY = dict(repeat=repeat, **{n: _creation_method(n) for n in (
 
 
 def _bind(name, fn):
-    if isinstance(fn, Op):                 # straight to apply: one call fewer per op
-        def method(self, *args, **params):
-            return _registry.apply(fn, (self, *args), params)
-    else:
-        def method(self, *args, **kwargs):
-            return fn(self, *args, **kwargs)
+    if not isinstance(fn, Op):             # a function of the tensor first: the method itself
+        return fn
+
+    def method(self, *args, **params):     # straight to apply: one call fewer per op
+        return _registry.apply(fn, (self, *args), params)
     method.__name__ = name
     method.__doc__ = f"Same as `torch.Tensor.{name}`."
     return method

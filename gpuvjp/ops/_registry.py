@@ -138,7 +138,7 @@ class Op:
     __slots__ = ("name", "impl", "gpu", "vjps", "saves_ans", "saves_inputs", "promote", "twin",
                  "family", "kernel", "kernel_fn", "differentiable", "out_dtype", "moves_device",
                  "takes_pending", "elementwise", "batch_rule", "jvp", "fuse",
-                 "bool_error", "torch_name", "np_fn")
+                 "bool_error", "torch_name", "np_fn", "np_params")
 
     def __init__(self, name, impl, *, promote=SAME, saves_ans=True, saves_inputs=True,
                  differentiable=True, out_dtype=None, elementwise=False):
@@ -165,6 +165,7 @@ class Op:
         # the grad_fn name: a str, or a function of the Node (see TORCH_NAMES)
         self.torch_name = TORCH_NAMES.get(name) or default_torch_name(name)
         self.np_fn = None                     # impl on NumPy arrays alone (a ufunc, a twin)
+        self.np_params = False                # np_fn takes the op's params as keywords too
 
     def __repr__(self):
         return f"<op {self.name}>"
@@ -253,13 +254,14 @@ def apply(op, args, params):
     edges = []                    # where each argument's gradient goes (Node.edges)
     pending = False               # some array is still a Pending expression
     small = True                  # every array has at most _lazy.EAGER_SIZE elements
+    eager_size = _lazy.EAGER_SIZE
     for a in args:
         if isinstance(a, Tensor):
             d = a._data
             arrays.append(d)
             if type(d) is Pending:
                 pending = True
-            elif d.size > _lazy.EAGER_SIZE:
+            elif d.size > eager_size:
                 small = False
             if dev is None:
                 dev, dt0 = a._dev, a._dtype
@@ -290,8 +292,9 @@ def apply(op, args, params):
 
     # Weak Python scalars of a category no higher than the tensors' never change the dtype
     # (PyTorch's rule), so the common case needs no result_type.
-    if op.promote is not KEEP and (mixed or kind > dt0.category or
-                                   (op.promote is FLOAT and not dt0.is_floating_point)):
+    promote = op.promote
+    if promote is not KEEP and (mixed or kind > dt0.category or
+                                (promote is FLOAT and not dt0.is_floating_point)):
         promoted = _promote(op, args, [a for a in args if isinstance(a, Tensor)], dev)
         if promoted is not args:
             args = promoted
@@ -301,47 +304,23 @@ def apply(op, args, params):
             pending = any([type(d) is Pending for d in arrays])
     gpu = dev.type != "cpu"
     # ----- compute: record a fusible op in the pending DAG (_lazy.py), or run it now -----
-    fusible = op.fuse is not None and _lazy.ENABLED and not nb and not params
+    fusible = op.fuse is not None and not nb and not params and _lazy.ENABLED
     # On the CPU, outside a profile, an op on small arrays in memory runs now: the plan would
     # make the same NumPy call, and a tiny call (host-bound) does not pay for a DAG. A profile
     # records the DAG, so its records are the GPU's kernels; so does a gv.compile trace.
-    fuse = fusible and (gpu or pending or not small or bool(_profiler.ACTIVE) or _trace.ON)
-    if pending and not (fuse or op.takes_pending):
-        arrays = [a._array() if isinstance(a, Tensor) else a for a in args]
-    token = None
+    watched = _profiler.ACTIVE or _trace.ON
     try:
-        if fuse:
+        if fusible and (gpu or pending or not small or watched):
             out = _lazy.record(op, arrays, dev)
+        elif not (gpu or pending or nb or watched) and op.np_fn is not None and \
+                (fusible or not (op.elementwise and _lazy.ENABLED)) and \
+                _device._CURRENT.dev is dev and (not params or op.np_params):
+            # the common case: the CPU inside a functional's scope, what impl calls, at once
+            out = op.np_fn(*arrays, **params) if params else op.np_fn(*arrays)
+            if type(out) is not np.ndarray:
+                out = np.asarray(out)
         else:
-            out = None
-            if pending and op.takes_pending and type(arrays[0]) is Pending:
-                if not nb:
-                    out = _lazy.reduce(op, arrays[0], params, dev)
-                if out is None:
-                    arrays[0] = arrays[0].materialize()
-            if out is None:
-                if _profiler.ACTIVE:
-                    token = _profiler.start(dev)
-                if op.elementwise and not fusible and _lazy.ENABLED and not nb:
-                    _log.fallback(op, "params" if params else "no CUDA expression")
-                if nb:
-                    out = _batched(op, args, arrays, params, dev)
-                elif not gpu and op.np_fn is not None and not params and \
-                        _device._CURRENT.dev is dev:       # the CPU inside a functional's scope
-                    out = op.np_fn(*arrays)                 # what impl calls, one call fewer
-                else:
-                    xp, impl = (_device.cupy_module(), op.gpu or op.impl) if gpu else (np, op.impl)
-                    if _device._CURRENT.dev is not dev:     # outside a functional's scope
-                        with _device.scope(dev):            # nan and inf propagate, as PyTorch
-                            out = impl(xp, *arrays, **params)
-                    else:
-                        out = impl(xp, *arrays, **params)
-                if not (gpu or nb) and type(out) is not np.ndarray and not op.moves_device:
-                    out = np.asarray(out)
-                if _trace.ON:
-                    _trace.op(op, args, arrays, params, dev, out)
-                if token is not None:
-                    _profiler.op_launch(op, arrays, out, token)
+            out = _compute(op, args, arrays, params, dev, gpu, nb, pending, fusible)
     except (ValueError, TypeError) as exc:
         raise _explain(op, args, exc) from None
     dt = op.out_dtype or (dt0 if out.dtype is dt0.np else _dtype.from_numpy_dtype(out.dtype))
@@ -363,6 +342,42 @@ def apply(op, args, params):
         if node is not None and node.ans is not None:
             node.ans_tangent = result._tangent
     return result
+
+
+def _compute(op, args, arrays, params, dev, gpu, nb, pending, fusible):
+    """apply's compute step past its common case: a pending operand a reduction takes or
+    materialises, a batch dim, the GPU, an op outside a scope, a profile or a trace."""
+    out = None
+    if pending and not op.takes_pending:
+        arrays = [a._array() if isinstance(a, Tensor) else a for a in args]
+    elif pending and type(arrays[0]) is Pending:
+        if not nb:
+            out = _lazy.reduce(op, arrays[0], params, dev)
+        if out is not None:
+            return out
+        arrays[0] = arrays[0].materialize()
+    token = _profiler.start(dev) if _profiler.ACTIVE else None
+    if op.elementwise and not fusible and _lazy.ENABLED and not nb:
+        _log.fallback(op, "params" if params else "no CUDA expression")
+    if nb:
+        out = _batched(op, args, arrays, params, dev)
+    elif not gpu and op.np_fn is not None and not params and \
+            _device._CURRENT.dev is dev:       # the CPU inside a functional's scope
+        out = op.np_fn(*arrays)                 # what impl calls, one call fewer
+    else:
+        xp, impl = (_device.cupy_module(), op.gpu or op.impl) if gpu else (np, op.impl)
+        if _device._CURRENT.dev is not dev:     # outside a functional's scope
+            with _device.scope(dev):            # nan and inf propagate, as PyTorch
+                out = impl(xp, *arrays, **params)
+        else:
+            out = impl(xp, *arrays, **params)
+    if not (gpu or nb) and type(out) is not np.ndarray and not op.moves_device:
+        out = np.asarray(out)
+    if _trace.ON:
+        _trace.op(op, args, arrays, params, dev, out)
+    if token is not None:
+        _profiler.op_launch(op, arrays, out, token)
+    return out
 
 
 # ----- batched arrays: a leading batch dim the logical shapes do not show ----------------

@@ -27,14 +27,23 @@ def _acc_dtype(a):
 
 
 def _sum_impl(xp, x, dim, keepdim):
+    if xp is np:
+        return _sum_np(x, dim, keepdim)
     acc = _acc_dtype(x)
-    if xp is np:                      # the ufunc's reduce, which ndarray.sum calls from Python
-        out = np.add.reduce(x, axis=dim, dtype=acc, keepdims=keepdim)
-    else:
-        out = x.sum(axis=dim, keepdims=keepdim, dtype=acc)  # the method: no dispatch layer
+    out = x.sum(axis=dim, keepdims=keepdim, dtype=acc)      # the method: no dispatch layer
     if acc is np.float32:                                    # float16, accumulated in float32
         out = out.astype(np.float16)
     return out
+
+
+def _sum_np(x, dim, keepdim):
+    """_sum_impl on NumPy: the ufunc's reduce, which ndarray.sum calls from Python."""
+    dt = x.dtype
+    if dt.kind in "bi":
+        return np.add.reduce(x, dim, np.int64, None, keepdim)
+    if dt.char == "e":                                       # float16, accumulated in float32
+        return np.add.reduce(x, dim, np.float32, None, keepdim).astype(np.float16)
+    return np.add.reduce(x, dim, None, None, keepdim)
 
 
 def _sum_exact(xp, x, dim, keepdim):
@@ -103,6 +112,7 @@ def sum_vjp(g, ans, x, dim, keepdim):
 sum_op = defop("sum", _sum_impl, promote=KEEP, saves_ans=False,
                saves_inputs=False)
 sum_op.takes_pending = True          # a pending DAG is its map expression (_lazy.reduce)
+sum_op.np_fn, sum_op.np_params = _sum_np, True
 defvjp(sum_op, sum_vjp)
 sum_op.gpu = _sum_gpu
 deflinear(sum_op)
