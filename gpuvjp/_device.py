@@ -237,7 +237,8 @@ def enter(dev):
     if prev is dev:
         return None
     if dev.type == "cpu" and _ERR is not None:
-        ctx = _ERR.set(_quiet_state())
+        quiet = _QUIET.get(_ERR.get())
+        ctx = _ERR.set(quiet if quiet is not None else _quiet_state())
     else:
         ctx = (np.errstate(all="ignore") if dev.type == "cpu"
                else cupy_module().cuda.Device(dev.index))

@@ -9,6 +9,7 @@ from ._lazy import Pending
 from ._size import Size
 
 _new_size = tuple.__new__                 # Size(shape) without re-checking NumPy's ints
+_new_tensor = object.__new__
 
 __all__ = ["Tensor"]
 
@@ -35,7 +36,7 @@ class Tensor:
 
     @classmethod
     def _make(cls, data, dev, dtype, node):
-        t = object.__new__(cls)
+        t = _new_tensor(cls)
         t._data = data
         t._dev = dev
         t._dtype = dtype
@@ -379,8 +380,15 @@ class Tensor:
     # ----- graph -----------------------------------------------------------------------------
     def detach(self):
         """Same as `torch.Tensor.detach`: shares data, no history."""
-        t = Tensor._make(self._data, self._dev, self._dtype, None)
+        t = _new_tensor(Tensor)                 # _make's slots, in line: vjp detaches twice
+        t._data = self._data
+        t._dev = self._dev
+        t._dtype = self._dtype
+        t._node = None
+        t._requires_grad = False
+        t.grad = None
         t._nb = self._nb
+        t._tangent = None
         return t
 
     def detach_(self):

@@ -21,6 +21,11 @@ def _as_tuple(x, arg_name, fn_name):
     """(was it a tuple, the tuple of Tensors), with PyTorch's TypeError naming the index."""
     is_tuple = isinstance(x, tuple)
     items = x if is_tuple else (x,)
+    for el in items:
+        if type(el) is not Tensor:
+            break
+    else:
+        return is_tuple, items                  # the common case: Tensors, no subclass
     for i, el in enumerate(items):
         if not isinstance(el, Tensor):
             where = f"value at index {i}" if is_tuple else f"given {arg_name}"
