@@ -218,3 +218,66 @@ def test_a_node_that_saved_nothing_sweeps_three_times():
     for _ in range(3):
         y.backward()
     np.testing.assert_array_equal(x.grad.numpy(), np.full((3, 1), 12.0))
+
+
+def test_an_error_inside_a_call_leaves_the_callers_error_state():
+    def fails(t):
+        t.log()
+        raise ValueError("from func")
+    with np.errstate(divide="raise"):
+        with pytest.raises(ValueError, match="from func"):
+            gv.autograd.functional.vjp(fails, gv.tensor([0.0, 1.0]), gv.ones(2))
+        with pytest.raises(FloatingPointError):
+            np.log(np.zeros(1))
+    assert _device._CURRENT.dev is None
+
+
+# ----- sum on NumPy inside a scope: the op's np_fn, with torch's accumulation dtypes -------
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int32", "int64", "bool"])
+@pytest.mark.parametrize("dim, keepdim", [(1, False), (-1, True), ((0, 1), False), (None, False)])
+def test_sum_inside_a_scope_matches_torch(dtype, dim, keepdim):
+    a = (np.arange(12).reshape(3, 4) % 5 - 2).astype(dtype)
+    want = torch.from_numpy(a).sum(*(() if dim is None else (dim,)), keepdim=keepdim) \
+        if dim is not None else torch.from_numpy(a).sum()
+    with _device.scope(_device.CPU):
+        got = gv.tensor(a).sum(dim=dim, keepdim=keepdim) if dim is not None else \
+            gv.tensor(a).sum()
+    assert got.dtype.name == str(want.dtype).replace("torch.", "")
+    assert got.shape == tuple(want.shape)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+# ----- how much Python one tiny vjp runs (structure: counted, not timed) -------------------
+def _gpuvjp_calls(fn):
+    """The number of Python function calls in the gpuvjp package while fn() runs."""
+    import os
+    import sys
+    root = os.path.dirname(os.path.abspath(gv.__file__))
+    calls = []
+
+    def prof(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(root):
+            calls.append(frame.f_code.co_name)
+    sys.setprofile(prof)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+@pytest.mark.parametrize("name, func, shapes, most", [
+    ("identity", lambda t: t, [(2,)], 15),
+    ("exp_reducer", lambda t: t.exp().sum(dim=1), [(4, 4)], 41),
+    ("adder", lambda a, b: 2 * a + 3 * b, [(2,), (2,)], 46),
+])
+def test_a_tiny_vjp_runs_few_python_calls(name, func, shapes, most):
+    # W4 of benchmarks/bench_percall_cpu.md: each op is one apply, each node one rule, the
+    # functional's fixed cost a handful of calls; a new layer on this path shows up here
+    rng = np.random.default_rng(0)
+    inputs = tuple(gv.tensor(rng.standard_normal(s)) for s in shapes)
+    v = gv.tensor(rng.standard_normal(func(*inputs).shape))
+    gv.autograd.functional.vjp(func, inputs, v)                 # warm: imports done
+    calls = _gpuvjp_calls(lambda: gv.autograd.functional.vjp(func, inputs, v))
+    assert len(calls) <= most, calls
+    assert calls.count("apply") == {"identity": 0, "exp_reducer": 3, "adder": 5}[name]
