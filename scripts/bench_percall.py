@@ -14,6 +14,13 @@ installed, else `-`. Two more columns show where the time goes:
   time spent in functions of the gpuvjp package under cProfile, so NumPy, CuPy and the CUDA
   runtime are left out (cProfile charges its overhead to Python calls, so the share leans
   high), and the number of gpuvjp function calls per vjp.
+Two more put the ratio in context (CPU only):
+- floor: the same vjp by a minimal tape (`floor_call`: a closure per op on NumPy arrays, no
+  dtypes, devices, checks or errors), interleaved with the others, and its ratio to torch:
+  about the least a pure-Python vjp can cost on this host;
+- warm ratio: gpuvjp's median / torch's with each library's calls back to back instead of
+  interleaved. Interleaving lets each library evict the other's code and data from the
+  CPU caches, which costs the library that runs more Python the most.
 
     python3 scripts/bench_vjp.py --per-call [--device cpu|cuda|all] [--calls N] [--out FILE]
 """
@@ -63,6 +70,65 @@ def cases(rng):
 
 
 # ----- the calls timed -----------------------------------------------------------------------
+class _Floor:
+    """A minimal reverse-mode tape on NumPy arrays for W4's ops: each op's result holds its
+    inputs and a closure that maps the output's cotangent to theirs."""
+
+    __slots__ = ("a", "parents", "back")
+
+    def __init__(self, a, parents=(), back=None):
+        self.a, self.parents, self.back = a, parents, back
+
+    def __rmul__(self, k):
+        return _Floor(k * self.a, (self,), lambda g: (k * g,))
+
+    def __add__(self, o):
+        return _Floor(self.a + o.a, (self, o), lambda g: (g, g))
+
+    def exp(self):
+        e = np.exp(self.a)
+        return _Floor(e, (self,), lambda g: (g * e,))
+
+    def sum(self, dim):
+        a = self.a
+        kshape = a.shape[:dim] + (1,) + a.shape[dim + 1:]
+        return _Floor(np.add.reduce(a, dim), (self,), lambda g: (g.reshape(kshape),))
+
+
+def floor_vjp(fn, xs, v):
+    """(output, vjp) of fn at xs: a depth-first order of the tape, then one sweep."""
+    leaves = [_Floor(x) for x in xs]
+    out = fn(None, *leaves)
+    order, seen, stack = [], set(), [(out, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+        elif id(node) not in seen:
+            seen.add(id(node))
+            stack.append((node, True))
+            stack.extend((p, False) for p in node.parents)
+    grads = {id(out): v}
+    for node in reversed(order):
+        g = grads.pop(id(node), None)
+        if g is None or node.back is None:
+            if g is not None:
+                grads[id(node)] = g
+            continue
+        for p, gp in zip(node.parents, node.back(g)):
+            grads[id(p)] = gp if id(p) not in grads else grads[id(p)] + gp
+    result = []
+    for x in leaves:
+        g = grads.get(id(x))
+        result.append(np.zeros_like(x.a) if g is None else
+                      g if g.shape == x.a.shape else np.broadcast_to(g, x.a.shape))
+    return out.a, tuple(result)
+
+
+def floor_call(fn, xs, v):
+    xs = [np.asarray(a) for a in xs]
+    return lambda: floor_vjp(fn, xs, v)
+
 def gv_call(fn, xs, v):
     f = lambda *a: fn(gv, *a)                                   # noqa: E731
     inputs = tuple(xs)
@@ -129,6 +195,19 @@ def check(got, want):
     flat_w = [want[0], *want[1]]
     for g, w in zip(flat_g, flat_w):
         np.testing.assert_allclose(g.cpu().numpy(), w.detach().cpu().numpy(), rtol=1e-6)
+
+
+def back_to_back(call, n, sync):
+    """Median seconds of n calls of one library in a row."""
+    ts = []
+    clock = time.perf_counter
+    for _ in range(n):
+        sync()
+        t0 = clock()
+        call()
+        sync()
+        ts.append(clock() - t0)
+    return statistics.median(ts)
 
 
 def interleaved(calls, n, sync):
@@ -208,18 +287,26 @@ def run_device(device, n):
         gcall, tcall = gv_call(fn, gxs, gvv), torch_call(fn, txs, tv)
         ccall = compiled_call(fn, gxs, gvv)
         jcall = jax_call(fn, xs, v, device)
+        fcall = floor_call(fn, xs, v) if device == "cpu" else None
         check(gcall(), tcall())
         check(ccall(), tcall())
-        calls = [gcall, ccall, tcall] + ([jcall] if jcall is not None else [])
+        if fcall is not None:
+            out, grads = fcall()
+            check((gv.tensor(out), [gv.tensor(np.array(g)) for g in grads]), tcall())
+        calls = [gcall, ccall, tcall] + [c for c in (jcall, fcall) if c is not None]
         for _ in range(WARMUP):
             for c in calls:
                 c()
         meds = interleaved(calls, n, sync)
         gmed, cmed, tmed = meds[:3]
-        jmed = meds[3] if jcall is not None else None
+        rest = meds[3:]
+        jmed = rest.pop(0) if jcall is not None else None
+        fmed = rest.pop(0) if fcall is not None else None
+        warm = back_to_back(gcall, n, sync) / back_to_back(tcall, n, sync) \
+            if device == "cpu" else None
         share, ncalls = own_python(gcall)
         rows.append((name, device, shape, gmed, tmed, launch, share * gmed, ncalls,
-                     "cpu" if tdev is None else tdev, cmed, jmed))
+                     "cpu" if tdev is None else tdev, cmed, jmed, fmed, warm))
     return rows
 
 
@@ -261,16 +348,20 @@ def table(rows, n, devices, load):
         f"- fusion: {'on' if _lazy.ENABLED else 'off (GPUVJP_FUSION=0)'}",
         "- ratio = gpuvjp median / torch median (target <= 0.5); gv.compile ratio = replayed "
         "gv.compile median / torch median (target <= 0.2 on the CPU); host launch = empty CuPy "
-        "kernel + sync; gpuvjp python = median x gpuvjp's share of self time under cProfile",
+        "kernel + sync; gpuvjp python = median x gpuvjp's share of self time under cProfile; "
+        "floor = a minimal NumPy tape, interleaved too, and its ratio to torch; warm ratio = "
+        "the ratio with each library's calls back to back",
         "",
         "| workload | device | shape | gpuvjp | gv.compile | jax.jit | torch | torch device "
-        "| ratio | gv.compile ratio | host launch | gpuvjp python | gpuvjp calls |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| ratio | gv.compile ratio | host launch | gpuvjp python | gpuvjp calls | floor "
+        "| floor ratio | warm ratio |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, device, shape, g, t, launch, own, ncalls, tdev, c, j in rows:
+    for name, device, shape, g, t, launch, own, ncalls, tdev, c, j, f, warm in rows:
         lines.append(f"| {name} | {device} | {shape} | {us(g)} | {us(c)} | {us(j)} | {us(t)} | "
                      f"{tdev} | {g / t:.2f} | {c / t:.2f} | {us(launch)} | {us(own)} | "
-                     f"{ncalls:.0f} |")
+                     f"{ncalls:.0f} | {us(f)} | {'-' if f is None else f'{f / t:.2f}'} | "
+                     f"{'-' if warm is None else f'{warm:.2f}'} |")
     return "\n".join(lines)
 
 
