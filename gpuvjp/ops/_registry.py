@@ -302,25 +302,27 @@ def apply(op, args, params):
                      if isinstance(a, Tensor) and a._requires_grad else None for a in args]
             arrays = [a._data if isinstance(a, Tensor) else a for a in args]
             pending = any([type(d) is Pending for d in arrays])
-    gpu = dev.type != "cpu"
     # ----- compute: record a fusible op in the pending DAG (_lazy.py), or run it now -----
-    fusible = op.fuse is not None and not nb and not params and _lazy.ENABLED
     # On the CPU, outside a profile, an op on small arrays in memory runs now: the plan would
     # make the same NumPy call, and a tiny call (host-bound) does not pay for a DAG. A profile
     # records the DAG, so its records are the GPU's kernels; so does a gv.compile trace.
-    watched = _profiler.ACTIVE or _trace.ON
     try:
-        if fusible and (gpu or pending or not small or watched):
-            out = _lazy.record(op, arrays, dev)
-        elif not (gpu or pending or nb or watched) and op.np_fn is not None and \
-                (fusible or not (op.elementwise and _lazy.ENABLED)) and \
-                _device._CURRENT.dev is dev and (not params or op.np_params):
+        if small and not (pending or nb or _profiler.ACTIVE or _trace.ON) and \
+                op.np_fn is not None and _device._CURRENT.dev is dev and \
+                dev.type == "cpu" and (not params or op.np_params) and \
+                (op.fuse is not None or not (op.elementwise and _lazy.ENABLED)):
             # the common case: the CPU inside a functional's scope, what impl calls, at once
+            # (an unfused elementwise op goes on, to _compute's fallback log)
             out = op.np_fn(*arrays, **params) if params else op.np_fn(*arrays)
             if type(out) is not np.ndarray:
                 out = np.asarray(out)
         else:
-            out = _compute(op, args, arrays, params, dev, gpu, nb, pending, fusible)
+            gpu = dev.type != "cpu"
+            fusible = op.fuse is not None and not nb and not params and _lazy.ENABLED
+            if fusible and (gpu or pending or not small or _profiler.ACTIVE or _trace.ON):
+                out = _lazy.record(op, arrays, dev)
+            else:
+                out = _compute(op, args, arrays, params, dev, gpu, nb, pending, fusible)
     except (ValueError, TypeError) as exc:
         raise _explain(op, args, exc) from None
     dt = op.out_dtype or (dt0 if out.dtype is dt0.np else _dtype.from_numpy_dtype(out.dtype))
