@@ -13,8 +13,7 @@ _BOOL, _INT, _FLOAT = 0, 1, 2
 class dtype:
     """Same as `torch.dtype`: printable as `gpuvjp.float32`, with `is_floating_point`."""
 
-    # is_floating_point: a plain attribute, read on every op that promotes to float
-    __slots__ = ("name", "np", "category", "rank", "itemsize", "is_floating_point")
+    __slots__ = ("name", "np", "category", "rank", "itemsize")
 
     def __init__(self, name, np_dtype, category, rank):
         self.name = name
@@ -22,7 +21,10 @@ class dtype:
         self.category = category
         self.rank = rank
         self.itemsize = self.np.itemsize
-        self.is_floating_point = category == _FLOAT
+
+    @property
+    def is_floating_point(self):
+        return self.category == _FLOAT
 
     @property
     def scalar_name(self):

@@ -176,3 +176,20 @@ def test_copy_copy_as_torch():
 def test_pickle_cpu_payload_is_numpy():
     red = gv.ones(2).__reduce_ex__(5)
     assert red[0] is _tensor._rebuild and type(red[1][1]) is np.ndarray
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "exp", "all", "max", "new_zeros", "reshape"])
+def test_bound_methods_pickle_and_carry_their_names(name):
+    t = gv.tensor([1.0, 2.0])
+    m = getattr(t, name)
+    assert m.__name__ == name and m.__qualname__ == f"Tensor.{name}"
+    back = pickle.loads(pickle.dumps(m))
+    assert back.__name__ == name
+    np.testing.assert_array_equal(back(*([2] if name in ("new_zeros", "reshape") else [])).numpy(),
+                                  m(*([2] if name in ("new_zeros", "reshape") else [])).numpy())
+
+
+def test_dtype_flags_are_read_only_as_torch():
+    with pytest.raises(AttributeError):
+        gv.int64.is_floating_point = True
+    assert gv.float32.is_floating_point and not gv.int64.is_floating_point

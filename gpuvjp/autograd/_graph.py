@@ -201,14 +201,16 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
             # The grad mode and device of the sweep: a plain switch and _device.enter (a
             # context object per sweep costs more than the sweep of a tiny graph), restored
             # however the sweep ends.
-            grad_mode = _mode._state
-            prev_mode = grad_mode.enabled
-            grad_mode.enabled = bool(create_graph)
             scope = _device.enter(grads[0]._dev)
             try:
-                _sweep(order, needed, pending, found, targets, batched, retain_graph)
+                grad_mode = _mode._state
+                prev_mode = grad_mode.enabled
+                grad_mode.enabled = bool(create_graph)
+                try:
+                    _sweep(order, needed, pending, found, targets, batched, retain_graph)
+                finally:
+                    grad_mode.enabled = prev_mode
             finally:
-                grad_mode.enabled = prev_mode
                 _device.leave(scope)
     if leaves:
         return found

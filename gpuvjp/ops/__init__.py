@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 from .._tensor import Tensor
 from . import batching, shape  # noqa: F401  (batching registers the batch rules)
 from . import _registry
@@ -111,12 +113,21 @@ TENSOR_ONLY = dict(repeat=repeat, **{n: _creation_method(n) for n in (
 
 
 def _bind(name, fn):
-    if not isinstance(fn, Op):             # a function of the tensor first: the method itself
-        return fn
-
-    def method(self, *args, **params):     # straight to apply: one call fewer per op
-        return _registry.apply(fn, (self, *args), params)
+    if isinstance(fn, Op):
+        def method(self, *args, **params):     # straight to apply: one call fewer per op
+            return _registry.apply(fn, (self, *args), params)
+    elif isinstance(fn, types.FunctionType):
+        # a function of the tensor first: the method is the same code under the method's
+        # name (a bound method pickles by its name), with no call in between
+        method = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__,
+                                    fn.__closure__)
+        method.__kwdefaults__ = fn.__kwdefaults__
+        method.__module__ = fn.__module__
+    else:
+        def method(self, *args, **kwargs):
+            return fn(self, *args, **kwargs)
     method.__name__ = name
+    method.__qualname__ = f"Tensor.{name}"
     method.__doc__ = f"Same as `torch.Tensor.{name}`."
     return method
 

@@ -294,7 +294,7 @@ def apply(op, args, params):
     # (PyTorch's rule), so the common case needs no result_type.
     promote = op.promote
     if promote is not KEEP and (mixed or kind > dt0.category or
-                                (promote is FLOAT and not dt0.is_floating_point)):
+                                (promote is FLOAT and dt0.category != _dtype._FLOAT)):
         promoted = _promote(op, args, [a for a in args if isinstance(a, Tensor)], dev)
         if promoted is not args:
             args = promoted

@@ -12,7 +12,8 @@ from ..autograd import _mode
 from . import _kernels, _rows
 from . import shape as _shape
 from ..autograd._forward import deflinear
-from ._registry import FLOAT, KEEP, apply, defop, defvjp, fused, shift_dims_rule
+from . import _registry
+from ._registry import FLOAT, KEEP, defop, defvjp, fused, shift_dims_rule
 from ._util import norm_dim, norm_dims
 from .binary import eq, logical_and, logical_or, maximum, minimum, ne, where
 from .unary import abs_, sign, zeros_like_
@@ -84,6 +85,7 @@ def _spread(g, dims, keepdim, shape):
 
 
 def _spread_array(a, dims, keepdim, shape):
+    """The view _spread takes, on arrays; `dims` sorted ascending (norm_dims' form)."""
     if type(a) is np.ndarray and a.size and a.flags.c_contiguous:
         strides = list(a.strides)
         if keepdim:
@@ -130,7 +132,7 @@ def sum_(input, dim=None, keepdim=False, *, dtype=None):
         dims = norm_dims(dim, n)
         if dim is not None and isinstance(dim, (list, tuple)) and len(dim) == 0:
             dims = tuple(range(n))      # PyTorch: an empty dim list reduces everything
-    return apply(sum_op, (input,), {"dim": dims, "keepdim": bool(keepdim)})
+    return _registry.apply(sum_op, (input,), {"dim": dims, "keepdim": bool(keepdim)})
 
 
 # ----- mean ------------------------------------------------------------------------------------
