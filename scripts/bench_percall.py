@@ -23,6 +23,7 @@ Two more put the ratio in context (CPU only):
   CPU caches, which costs the library that runs more Python the most.
 
     python3 scripts/bench_vjp.py --per-call [--device cpu|cuda|all] [--calls N] [--out FILE]
+        [--neighbours]
 """
 
 import argparse
@@ -310,6 +311,39 @@ def run_device(device, n):
     return rows
 
 
+def neighbours(n):
+    """gpuvjp's exp_reducer vjp (CPU) timed alone and alternating with one other call each:
+    how much the call before it slows it (the interleaving in the ratio above)."""
+    rng = np.random.default_rng(0)
+    x, v = rng.standard_normal((4, 4)), rng.standard_normal(4)
+    gcall = gv_call(exp_reducer, [gv.tensor(x)], gv.tensor(v))
+    xt, vt = torch.tensor(x), torch.tensor(v)
+    xr = xt.clone().requires_grad_()
+    big = np.zeros(2 ** 18)                                      # 2 MB
+    others = [
+        ("nothing", None),
+        ("torch.exp (no grad)", lambda: xt.exp()),
+        ("torch forward with grad", lambda: exp_reducer(torch, xr)),
+        ("torch.autograd.grad of the same graph",
+         lambda: torch.autograd.grad(exp_reducer(torch, xr), xr, vt)),
+        ("torch.autograd.functional.vjp", torch_call(exp_reducer, [xt], vt)),
+        ("a NumPy pass over 2 MB", lambda: np.add(big, 1.0, out=big)),
+    ]
+    none = lambda: None                                         # noqa: E731
+    lines = ["| call between two gpuvjp calls | gpuvjp's median | added |", "|---|---:|---:|"]
+    alone = None
+    for name, other in others:
+        calls = [gcall] if other is None else [gcall, other]
+        for _ in range(WARMUP):
+            for c in calls:
+                c()
+        med = interleaved(calls, n, none)[0]
+        alone = med if other is None else alone
+        lines.append(f"| {name} | {us(med)} | "
+                     f"{'-' if other is None else f'+{(med - alone) * 1e6:.1f} us'} |")
+    return "\n".join(lines)
+
+
 def git_commit():
     commit = os.environ.get("GPUVJP_COMMIT")
     if commit:
@@ -371,6 +405,8 @@ def main(argv=None):
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     p.add_argument("--calls", type=int, default=2000, help="interleaved calls (>= 1000)")
     p.add_argument("--out", help="also write the markdown table to this file")
+    p.add_argument("--neighbours", action="store_true",
+                   help="also time gpuvjp's exp_reducer vjp after each of a few other calls")
     args = p.parse_args(argv)
     if args.calls < 1000:
         p.error("--calls must be at least 1000")
@@ -383,6 +419,8 @@ def main(argv=None):
     load = os.getloadavg()              # other jobs on the host inflate both libraries' times
     rows = [r for d in devices for r in run_device(d, args.calls)]
     text = table(rows, args.calls, devices, load)
+    if args.neighbours:
+        text += "\n\n" + neighbours(args.calls)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
