@@ -217,15 +217,13 @@ except ImportError:                                    # pragma: no cover - othe
 _QUIET = {}                 # an error state -> the same state with every warning off
 
 
-def _quiet_state():
-    cur = _ERR.get()
-    q = _QUIET.get(cur)
-    if q is None:
-        with np.errstate(all="ignore"):
-            q = _ERR.get()
-        if len(_QUIET) > 64:                # the caller keeps changing np.seterr: bounded
-            _QUIET.clear()
-        _QUIET[cur] = q
+def _quiet_state(cur):
+    """The error state `cur` with every warning off, made once and kept in _QUIET."""
+    with np.errstate(all="ignore"):
+        q = _ERR.get()
+    if len(_QUIET) > 64:                    # the caller keeps changing np.seterr: bounded
+        _QUIET.clear()
+    _QUIET[cur] = q
     return q
 
 
@@ -237,8 +235,9 @@ def enter(dev):
     if prev is dev:
         return None
     if dev.type == "cpu" and _ERR is not None:
-        quiet = _QUIET.get(_ERR.get())
-        ctx = _ERR.set(quiet if quiet is not None else _quiet_state())
+        cur = _ERR.get()
+        quiet = _QUIET.get(cur)
+        ctx = _ERR.set(quiet if quiet is not None else _quiet_state(cur))
     else:
         ctx = (np.errstate(all="ignore") if dev.type == "cpu"
                else cupy_module().cuda.Device(dev.index))

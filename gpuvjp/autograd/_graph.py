@@ -85,9 +85,7 @@ class Node:
         """Drop the saved arrays. An op whose rules read only its inputs' shape, dtype and
         device keeps those, so its node can be swept again (as PyTorch allows)."""
         if self.op.saves_inputs or self.ans is not None:
-            self.inputs = None
-            self.ans = None
-            self.ans_tangent = None
+            self.inputs = self.ans = self.ans_tangent = None
             self.released = True
         elif self.inputs is not None:
             # tensors become Meta; a Meta (a node swept before) and non-tensors stay
@@ -201,16 +199,14 @@ def run_backward(roots, grads, targets=None, retain_graph=False, create_graph=Fa
             # The grad mode and device of the sweep: a plain switch and _device.enter (a
             # context object per sweep costs more than the sweep of a tiny graph), restored
             # however the sweep ends.
-            scope = _device.enter(grads[0]._dev)
+            scope = _device.enter(grads[0]._dev)      # first: if it fails, nothing to undo
+            grad_mode = _mode._state
+            prev_mode = grad_mode.enabled
+            grad_mode.enabled = bool(create_graph)
             try:
-                grad_mode = _mode._state
-                prev_mode = grad_mode.enabled
-                grad_mode.enabled = bool(create_graph)
-                try:
-                    _sweep(order, needed, pending, found, targets, batched, retain_graph)
-                finally:
-                    grad_mode.enabled = prev_mode
+                _sweep(order, needed, pending, found, targets, batched, retain_graph)
             finally:
+                grad_mode.enabled = prev_mode
                 _device.leave(scope)
     if leaves:
         return found

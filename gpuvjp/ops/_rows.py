@@ -673,6 +673,20 @@ def _leaf_code(i, ty, nm, kind, indent, restrict, sig, per_row, per_col):
         per_col.append(f"{indent}  const {ty} {nm} = _p{i}[_j];")
 
 
+def _leaf_args(fplan, kinds):
+    """The kernel arguments for the plan's leaves, in _leaf_code's order: a scalar as its
+    typed value, an array, and after a row or full operand its length."""
+    args = []
+    for a, d, kd in zip(fplan.leaves, fplan.leaf_dtypes, kinds):
+        if kd[0] == "scalar":
+            args.append(np.dtype(d).type(a))
+        else:
+            args.append(a)
+            if kd[0] in ("row", "full"):
+                args.append(np.int64(kd[1]))
+    return args
+
+
 def rowcast_source(name, family, fn, in_params, out_params, kinds, dtypes):
     """The RawKernel gv_rowcast_<fn>_<kinds>: out[r, j] = gv::fn(...) with row operands read once
     per row into registers, full operands at r * ld + j, column operands at j."""
@@ -1009,14 +1023,7 @@ def onepass(fplan, kind, k, name, dev):
             kern = _ONEPASS[key] = _raw_kernel(kname, source)
         q = len(fplan.shape) - k
         rows, n = math.prod(fplan.shape[:q]), math.prod(fplan.shape[q:])
-        args = []
-        for a, d, kd in zip(fplan.leaves, fplan.leaf_dtypes, kinds):
-            if kd[0] == "scalar":
-                args.append(np.dtype(d).type(a))
-            else:
-                args.append(a)
-                if kd[0] in ("row", "full"):
-                    args.append(np.int64(kd[1]))
+        args = _leaf_args(fplan, kinds)
         outs = [cupy.empty(fplan.shape, fplan.nodes[o][2]) for o in fplan.outputs[1:]]
         mt = fplan.nodes[fplan.outputs[0]][2]
         out = cupy.empty(rows, mt)
@@ -1182,14 +1189,7 @@ def run_plan(fplan, name, dev):
             _kernels.register_twin(kname, plan_rowcast_twin(_kernels._skeleton(fplan), kinds))
             kern = _ONEPASS[key] = _raw_kernel(kname, plan_rowcast_source(kname, fplan, kinds))
         rows, n = math.prod(fplan.shape[:q]), math.prod(fplan.shape[q:])
-        args = []
-        for a, d, kd in zip(fplan.leaves, fplan.leaf_dtypes, kinds):
-            if kd[0] == "scalar":
-                args.append(np.dtype(d).type(a))
-            else:
-                args.append(a)
-                if kd[0] in ("row", "full"):
-                    args.append(np.int64(kd[1]))
+        args = _leaf_args(fplan, kinds)
         outs = [cupy.empty(fplan.shape, fplan.nodes[o][2]) for o in fplan.outputs]
         args += outs + [np.int64(rows), np.int64(n)]
         grid, block = rowcast_geometry(rows, n)

@@ -39,12 +39,9 @@ def _sum_impl(xp, x, dim, keepdim):
 
 def _sum_np(x, dim, keepdim):
     """_sum_impl on NumPy: the ufunc's reduce, which ndarray.sum calls from Python."""
-    dt = x.dtype
-    if dt.kind in "bi":
-        return np.add.reduce(x, dim, np.int64, None, keepdim)
-    if dt.char == "e":                                       # float16, accumulated in float32
-        return np.add.reduce(x, dim, np.float32, None, keepdim).astype(np.float16)
-    return np.add.reduce(x, dim, None, None, keepdim)
+    acc = _acc_dtype(x)
+    out = np.add.reduce(x, dim, acc, None, keepdim)
+    return out.astype(np.float16) if acc is np.float32 else out   # float16, summed in float32
 
 
 def _sum_exact(xp, x, dim, keepdim):
@@ -76,7 +73,7 @@ def _spread(g, dims, keepdim, shape):
     """g broadcast back over the reduced `dims` to `shape` as ONE read-only view of g's memory
     (keep's reshape and the graph's expand in one step), for a g that records nothing."""
     a = g._data
-    if type(a) is Pending:
+    if type(a) is Pending:                          # g._array(), in line
         a = g._array()
     out = _spread_array(a, dims, keepdim, shape)
     if _trace.ON:                                   # gv.compile replays the same view
@@ -105,7 +102,7 @@ def _spread_array(a, dims, keepdim, shape):
 # ----- sum -------------------------------------------------------------------------------------
 # y = sum(x, dims); the gradient is g broadcast back over the reduced dims (a view, no copy)
 def sum_vjp(g, ans, x, dim, keepdim):
-    # a first-order sweep (nothing to record, _shape._records): one view, no op
+    # a first-order sweep records nothing (_shape._records, in line): one view, no op
     if dim and not (g._nb or g._tangent is not None or _mode._state.enabled):
         return _spread(g, dim, keepdim, x.shape)
     return keep(g, dim, keepdim, x.shape)
